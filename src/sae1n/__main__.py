@@ -1,0 +1,3 @@
+from sae1n.cli import main
+
+raise SystemExit(main())

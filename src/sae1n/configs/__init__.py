@@ -1,0 +1,98 @@
+"""Experiment configs: ``exp=<name>`` YAMLs with ``key=value`` overrides.
+
+Configs are looked up (first match wins) in ``./experiments/<kind>/exp/``
+(the paper's layout, so its users' own YAMLs keep working), ``./configs/<kind>/``
+and the configs shipped with sae1n. A config may inherit with
+``defaults: [base_name, ...]``; later entries and the file itself win.
+Overrides use OmegaConf dot-list syntax; a key that does not exist must be
+spelled ``+key=value`` (as in Hydra) so that typos are caught.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from sae1n.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dirs(kind: str, extra: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Folders searched for ``<kind>`` configs, in priority order."""
+    cwd = Path.cwd()
+    dirs = [Path(d) for d in extra] + [cwd / "experiments" / kind / "exp", cwd / "configs" / kind, PACKAGE_DIR / kind]
+    return [d for d in dirs if d.is_dir()]
+
+
+def available_experiments(kind: str) -> list[str]:
+    names = set()
+    for d in config_dirs(kind):
+        names.update(p.stem for p in d.glob("*.yaml") if not p.stem.startswith("_"))
+    return sorted(names)
+
+
+def _find(kind: str, name: str, extra) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    for d in config_dirs(kind, extra):
+        cand = d / f"{name}.yaml"
+        if cand.is_file():
+            return cand
+    known = ", ".join(available_experiments(kind)) or "none"
+    raise ConfigError(f"no {kind} config named {name!r}; known: {known}. Put your own in ./experiments/{kind}/exp/{name}.yaml")
+
+
+def _load_tree(kind: str, name: str, extra, seen: tuple[str, ...] = ()) -> DictConfig:
+    if name in seen:
+        raise ConfigError(f"{kind} config {name!r} inherits from itself via {' -> '.join(seen)}")
+    path = _find(kind, name, extra)
+    cfg = OmegaConf.load(path)
+    bases = cfg.pop("defaults", []) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create({})
+    for base in bases:
+        if base == "_self_":
+            continue
+        merged = OmegaConf.merge(merged, _load_tree(kind, str(base), extra, (*seen, name)))
+    return OmegaConf.merge(merged, cfg)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply ``key=value`` / ``+key=value`` overrides; unknown plain keys are errors."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        add = key.startswith("+")
+        key = key.lstrip("+")
+        if not add and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"unknown config key {key!r}; spell it +{key}={value} to add a new key")
+        parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+        cfg = OmegaConf.merge(cfg, parsed)
+    return cfg
+
+
+def load_experiment(kind: str, exp: str, overrides: Sequence[str] = (), search_dirs: Sequence[str | os.PathLike] = ()) -> DictConfig:
+    """Load the ``exp`` config of ``kind`` (``sae`` or ``mil``) with overrides."""
+    cfg = _load_tree(kind, exp, search_dirs)
+    cfg = apply_overrides(cfg, overrides)
+    OmegaConf.set_struct(cfg, False)
+    cfg.exp_name = Path(exp).stem
+    return cfg
+
+
+def split_exp_args(tokens: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Split CLI tokens like ``exp=foo a.b=1`` into (``foo``, [``a.b=1``])."""
+    exp, rest = None, []
+    for t in tokens:
+        if t.startswith("exp="):
+            exp = t.split("=", 1)[1]
+        else:
+            rest.append(t)
+    return exp, rest

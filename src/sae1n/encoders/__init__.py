@@ -1,0 +1,1 @@
+"""sae1n.encoders"""

@@ -1,0 +1,15 @@
+"""CLI glue for this stage: parse arguments, call the public API, print."""
+
+from __future__ import annotations
+
+import argparse
+
+from sae1n.cliutil import not_implemented
+
+
+def configure_extract_features(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+
+def run_extract_features(args) -> int:
+    return not_implemented('extract-features', 4)

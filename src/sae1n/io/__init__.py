@@ -1,0 +1,39 @@
+"""Feature I/O shared by every stage: CLAM/TRIDENT feature folders, sparse
+SAE codes, atomic writes and the packed memory-mapped feature store."""
+
+from sae1n.io.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
+from sae1n.io.features import (
+    FeatureBag,
+    check_same_dim,
+    feature_paths,
+    read_bag,
+    read_features,
+    read_sparse_codes,
+    write_bag,
+    write_sparse_codes,
+)
+from sae1n.io.store import PackedStore, open_packed_store
+
+__all__ = [
+    "FeatureBag",
+    "PackedStore",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_same_dim",
+    "feature_paths",
+    "open_packed_store",
+    "read_bag",
+    "read_features",
+    "read_sparse_codes",
+    "write_bag",
+    "write_sparse_codes",
+]
