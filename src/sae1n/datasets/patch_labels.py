@@ -1,0 +1,435 @@
+"""Patch-level ground truth: the tumour fraction of every patch of a slide.
+
+A patch's tumour fraction is the area of its level-0 square covered by the
+annotated tumour divided by the square's area; its label is
+``fraction >= threshold``. Output per slide (``<output_dir>/<slide>.h5``):
+datasets ``coords`` (N, 2) int64, ``tumor_fraction`` (N,) float32,
+``label`` (N,) uint8, and the attribute ``threshold``. Consumers match
+patches to features by coords.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from sae1n.datasets.annotations import (
+    FORMATS,
+    GEOJSON_TUMOR_CLASSES,
+    Annotation,
+    TumorMask,
+    find_annotation,
+    read_annotation,
+)
+from sae1n.errors import ConfigError, InputFileError
+from sae1n.io import atomic_path, atomic_write_csv
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.csv"
+
+
+# ----------------------------------------------------------------------------- fractions
+
+
+def tumor_fractions(coords, patch_size_level0, annotation: Annotation) -> np.ndarray:
+    """Fraction (N,) float64 in [0, 1] of each patch covered by tumour.
+
+    ``coords`` are level-0 top-left corners (N, 2); ``patch_size_level0`` is
+    the patch side in level-0 pixels (a number, or (width, height));
+    ``annotation`` is a shapely geometry or a :class:`TumorMask`.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    width, height = _size_pair(patch_size_level0)
+    if isinstance(annotation, TumorMask):
+        return _raster_fractions(coords, width, height, annotation)
+    if isinstance(annotation, BaseGeometry):
+        return _vector_fractions(coords, width, height, annotation)
+    raise TypeError(
+        f"annotation must be a shapely geometry or TumorMask, not {type(annotation).__name__}"
+    )
+
+
+def _vector_fractions(coords, width, height, region: BaseGeometry) -> np.ndarray:
+    fractions = np.zeros(len(coords))
+    if region.is_empty or len(coords) == 0:
+        return fractions
+    x, y = coords[:, 0], coords[:, 1]
+    boxes = shapely.box(x, y, x + width, y + height)
+    shapely.prepare(region)
+    # Prepared predicates settle almost every patch (wholly in or out) cheaply;
+    # exact overlay runs only on boundary patches, each against the polygon
+    # parts it touches.
+    hit = np.flatnonzero(shapely.intersects(region, boxes))
+    if hit.size == 0:
+        return fractions
+    inside = shapely.contains_properly(region, boxes[hit])
+    fractions[hit[inside]] = 1.0
+    edge = hit[~inside]
+    if edge.size:
+        parts = shapely.get_parts(region)
+        tree = shapely.STRtree(parts)
+        box_idx, part_idx = tree.query(boxes[edge], predicate="intersects")
+        areas = shapely.area(shapely.intersection(boxes[edge][box_idx], parts[part_idx]))
+        covered = np.zeros(edge.size)
+        np.add.at(covered, box_idx, areas)
+        fractions[edge] = covered / (width * height)
+    return np.clip(fractions, 0.0, 1.0)
+
+
+def _raster_fractions(coords, width, height, mask: TumorMask) -> np.ndarray:
+    tumor = np.asarray(mask.tumor, dtype=bool)
+    rows, cols = tumor.shape
+    # Summed-area table; bilinear interpolation of it at fractional corners is
+    # the exact area integral of the piecewise-constant mask.
+    table = np.zeros((rows + 1, cols + 1))
+    table[1:, 1:] = np.cumsum(np.cumsum(tumor, axis=0, dtype=np.float64), axis=1)
+    sx, sy = mask.scale
+    x0, y0 = coords[:, 0] / sx, coords[:, 1] / sy
+    x1, y1 = (coords[:, 0] + width) / sx, (coords[:, 1] + height) / sy
+
+    def integral(xs, ys):
+        xs = np.clip(xs, 0, cols)
+        ys = np.clip(ys, 0, rows)
+        c0 = np.minimum(np.floor(xs).astype(np.int64), cols - 1)
+        r0 = np.minimum(np.floor(ys).astype(np.int64), rows - 1)
+        fx, fy = xs - c0, ys - r0
+        return (
+            table[r0, c0] * (1 - fx) * (1 - fy)
+            + table[r0, c0 + 1] * fx * (1 - fy)
+            + table[r0 + 1, c0] * (1 - fx) * fy
+            + table[r0 + 1, c0 + 1] * fx * fy
+        )
+
+    covered = integral(x1, y1) - integral(x0, y1) - integral(x1, y0) + integral(x0, y0)
+    return np.clip(covered / ((x1 - x0) * (y1 - y0)), 0.0, 1.0)
+
+
+def _size_pair(size) -> tuple[float, float]:
+    values = np.atleast_1d(np.asarray(size, dtype=np.float64)).ravel()
+    if values.size == 1:
+        values = np.repeat(values, 2)
+    if values.size != 2 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ConfigError(f"patch size must be a positive number or (width, height), got {size!r}")
+    return float(values[0]), float(values[1])
+
+
+# ----------------------------------------------------------------------------- coords input
+
+
+def coords_files(
+    coords_dir_or_files: str | os.PathLike | Iterable[str | os.PathLike],
+) -> dict[str, Path]:
+    """slide id -> coords h5, from a create-patches folder (its ``patches/``),
+    a feature folder (its ``h5_files/``), a folder of .h5 files, or a list of files."""
+    if isinstance(coords_dir_or_files, (str, os.PathLike)):
+        root = Path(coords_dir_or_files)
+        if root.is_file():
+            return {root.stem: root}
+        if not root.is_dir():
+            raise InputFileError(
+                root,
+                "coords folder does not exist",
+                "pass the create-patches output (or its patches/ folder) or a feature h5_files/ folder",
+            )
+        for sub in ("patches", "h5_files"):
+            if (root / sub).is_dir():
+                root = root / sub
+                break
+        found = {p.stem: p for p in sorted(root.glob("*.h5")) if not p.name.startswith(".")}
+        if not found:
+            raise InputFileError(
+                root,
+                "no .h5 coords files found",
+                "run `sae1n create-patches` (or extract-features) first",
+            )
+        return found
+    files = [Path(p) for p in coords_dir_or_files]
+    if not files:
+        raise ConfigError("no coords files given")
+    return {p.stem: p for p in files}
+
+
+def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """(coords (N, 2) int64, attrs) from a patch or feature h5 file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file not found", "check --coords_dir")
+    try:
+        with h5py.File(path, "r") as f:
+            if "coords" not in f:
+                raise InputFileError(
+                    path,
+                    "no 'coords' dataset",
+                    "use the patches/ files of create-patches or feature h5 files",
+                )
+            dataset = f["coords"]
+            coords = np.asarray(dataset[()])
+            attrs = {
+                **{k: _plain(v) for k, v in f.attrs.items()},
+                **{k: _plain(v) for k, v in dataset.attrs.items()},
+            }
+    except OSError as exc:
+        raise InputFileError(
+            path, f"cannot be read as HDF5 ({exc})", "re-create the file (it may be truncated)"
+        ) from exc
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise InputFileError(
+            path, f"coords have shape {coords.shape}, expected (N, 2)", "re-create the patch file"
+        )
+    if coords.shape[0] == 0:
+        raise InputFileError(
+            path,
+            "the slide has no patches",
+            "drop this slide, or re-run create-patches with other segmentation settings",
+        )
+    if not np.all(np.isfinite(coords)):
+        raise InputFileError(path, "coords contain NaN or infinity", "re-create the patch file")
+    return coords.astype(np.int64), attrs
+
+
+def patch_size_level0(
+    attrs: Mapping, override=None, path: str | os.PathLike | None = None
+) -> tuple[float, float]:
+    """Patch (width, height) in level-0 pixels: ``override``, else the
+    ``patch_size_level0`` attribute, else ``patch_size`` x the ``downsample``
+    of ``patch_level`` (CLAM attributes)."""
+    if override is not None:
+        return _size_pair(override)
+    if "patch_size_level0" in attrs:
+        return _size_pair(attrs["patch_size_level0"])
+    if "patch_size" in attrs:
+        size = float(np.asarray(attrs["patch_size"]).ravel()[0])
+        if "downsample" in attrs:
+            ds = np.atleast_1d(np.asarray(attrs["downsample"], dtype=np.float64)).ravel()
+            ds = np.repeat(ds, 2) if ds.size == 1 else ds[:2]
+            return _size_pair((size * ds[0], size * ds[1]))
+        if int(np.asarray(attrs.get("patch_level", 0)).ravel()[0]) == 0:
+            return _size_pair(size)
+    raise InputFileError(
+        path or "<coords>",
+        "no patch size attributes (patch_size_level0, or patch_size with downsample/patch_level)",
+        "pass --patch_size with the patch side in level-0 pixels",
+    )
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.reshape(()).item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def create_patch_labels(
+    coords_dir_or_files,
+    annotation_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    threshold: float = 0.5,
+    *,
+    annotation_format: str = "auto",
+    classification: tuple[str, ...] | str = GEOJSON_TUMOR_CLASSES,
+    patch_size=None,
+    data_provider: str | None = None,
+    data_providers: Mapping[str, str] | None = None,
+    panda_csv: str | os.PathLike | None = None,
+    mask_level: int | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Label every patch of every slide and write ``<output_dir>/<slide>.h5``.
+
+    Slides without an annotation file are normal (all fractions 0); this is
+    logged and recorded in ``<output_dir>/summary.csv`` (column
+    ``annotation`` empty). PANDA masks need each slide's data provider:
+    ``data_providers`` (slide -> provider), ``panda_csv`` (a CSV with
+    ``image_id``/``slide_id`` and ``data_provider``) or one ``data_provider``.
+    Existing outputs made from the same inputs are kept (resume) unless
+    ``overwrite``. Returns the summary rows.
+    """
+    from sae1n.utils import progress
+
+    threshold = float(threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in (0, 1], got {threshold}")
+    if annotation_format not in FORMATS:
+        raise ConfigError(
+            f"unknown --annotation_format {annotation_format!r}: use one of {', '.join(FORMATS)}"
+        )
+    annotation_dir = Path(annotation_dir)
+    if not annotation_dir.is_dir():
+        raise InputFileError(
+            annotation_dir,
+            "annotation folder does not exist",
+            "pass --annotation_dir with the annotation files",
+        )
+    providers = dict(data_providers or {})
+    if panda_csv is not None:
+        providers = {**_providers_from_csv(Path(panda_csv)), **providers}
+    files = coords_files(coords_dir_or_files)
+    output_dir = Path(output_dir)
+    rows = []
+    for slide_id, coords_path in progress(files.items(), desc="patch labels", total=len(files)):
+        coords, attrs = read_coords(coords_path)
+        size = patch_size_level0(attrs, patch_size, coords_path)
+        annotation_path = find_annotation(annotation_dir, slide_id, annotation_format)
+        fingerprint = _fingerprint(annotation_path)
+        out = output_dir / f"{slide_id}.h5"
+        if not overwrite and _is_current(out, coords, threshold, size, fingerprint):
+            status = "kept"
+            _, fraction, label = read_patch_labels(out)
+        else:
+            if annotation_path is None:
+                log.info(
+                    "%s: no annotation file in %s: every patch is normal (fraction 0)",
+                    slide_id,
+                    annotation_dir,
+                )
+                fraction = np.zeros(len(coords))
+            else:
+                annotation = read_annotation(
+                    annotation_path,
+                    annotation_format,
+                    classification=classification,
+                    data_provider=providers.get(slide_id, data_provider),
+                    mask_level=mask_level,
+                )
+                fraction = tumor_fractions(coords, size, annotation)
+            fraction, label = write_patch_labels(
+                out, coords, fraction, threshold, size=size, fingerprint=fingerprint
+            )
+            status = "written"
+        rows.append(
+            {
+                "slide_id": slide_id,
+                "n_patches": len(coords),
+                "n_tumor": int(label.sum()),
+                "mean_tumor_fraction": float(fraction.mean()),
+                "annotation": annotation_path.name if annotation_path else "",
+                "status": status,
+            }
+        )
+    summary = pd.DataFrame(
+        rows,
+        columns=["slide_id", "n_patches", "n_tumor", "mean_tumor_fraction", "annotation", "status"],
+    )
+    missing = summary.loc[summary["annotation"] == "", "slide_id"].tolist()
+    if missing:
+        log.warning(
+            "%d slide(s) have no annotation and were labelled all normal: %s",
+            len(missing),
+            ", ".join(missing[:10]),
+        )
+    atomic_write_csv(output_dir / SUMMARY_NAME, summary)
+    return summary
+
+
+def write_patch_labels(
+    path, coords, fraction, threshold: float, *, size=None, fingerprint: str = ""
+):
+    """Write one slide's labels atomically; returns the stored (fraction, label)."""
+    fraction = np.clip(np.asarray(fraction, dtype=np.float32), 0.0, 1.0)
+    # The label is computed from the stored float32 value so readers can recompute it.
+    label = (fraction >= np.float32(threshold)).astype(np.uint8)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64))
+        f.create_dataset("tumor_fraction", data=fraction)
+        f.create_dataset("label", data=label)
+        f.attrs["threshold"] = float(threshold)
+        if size is not None:
+            f.attrs["patch_size_level0"] = np.asarray(size, dtype=np.float64)
+        f.attrs["annotation"] = fingerprint
+    return fraction, label
+
+
+def read_patch_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coords (N, 2) int64, tumor_fraction (N,) float32, label (N,) uint8) of one slide."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "patch-label file not found", "run `sae1n patch-labels` first")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("coords", "tumor_fraction", "label") if k not in f]
+            if missing:
+                raise InputFileError(
+                    path, f"missing dataset(s) {missing}", "re-create it with `sae1n patch-labels`"
+                )
+            coords = np.asarray(f["coords"][()], dtype=np.int64)
+            fraction = np.asarray(f["tumor_fraction"][()], dtype=np.float32)
+            label = np.asarray(f["label"][()], dtype=np.uint8)
+    except OSError as exc:
+        raise InputFileError(
+            path, f"cannot be read as HDF5 ({exc})", "re-create it with `sae1n patch-labels`"
+        ) from exc
+    n = len(fraction)
+    if coords.shape != (n, 2) or label.shape != (n,):
+        raise InputFileError(
+            path,
+            f"inconsistent shapes coords {coords.shape}, tumor_fraction {fraction.shape}, label {label.shape}",
+            "re-create it with `sae1n patch-labels`",
+        )
+    if (
+        not np.all(np.isfinite(fraction))
+        or fraction.min(initial=0) < 0
+        or fraction.max(initial=0) > 1
+    ):
+        raise InputFileError(
+            path,
+            "tumor_fraction has values outside [0, 1] or NaN",
+            "re-create it with `sae1n patch-labels`",
+        )
+    return coords, fraction, label
+
+
+def _is_current(path: Path, coords, threshold, size, fingerprint) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        stored_coords, _, _ = read_patch_labels(path)
+        with h5py.File(path, "r") as f:
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            stored_size = np.asarray(f.attrs.get("patch_size_level0", np.nan), dtype=np.float64)
+    except InputFileError:
+        return False
+    return (
+        np.array_equal(stored_coords, coords)
+        and attrs.get("threshold") == threshold
+        and attrs.get("annotation") == fingerprint
+        and stored_size.shape == (2,)
+        and np.allclose(stored_size, size)
+    )
+
+
+def _fingerprint(path: Path | None) -> str:
+    if path is None:
+        return ""
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _providers_from_csv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise InputFileError(
+            path, "file not found", "pass PANDA's train.csv or the panda metadata CSV"
+        )
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    id_column = next((c for c in ("image_id", "slide_id") if c in table.columns), None)
+    if id_column is None or "data_provider" not in table.columns:
+        raise InputFileError(
+            path,
+            "needs columns image_id (or slide_id) and data_provider",
+            "pass PANDA's train.csv or the panda metadata CSV",
+        )
+    return dict(zip(table[id_column], table["data_provider"]))
