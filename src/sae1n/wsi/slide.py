@@ -15,7 +15,21 @@ import numpy as np
 
 from sae1n.errors import InputFileError
 
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".png", ".jpg", ".jpeg")
+SLIDE_EXTENSIONS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
 BACKENDS = ("auto", "openslide", "tiffslide")
 _FLAT = (".png", ".jpg", ".jpeg")
 
@@ -26,9 +40,15 @@ class Slide:
     def __init__(self, path: str | os.PathLike, backend: str = "auto"):
         self.path = Path(path)
         if backend not in BACKENDS:
-            raise InputFileError(self.path, f"unknown slide backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+            raise InputFileError(
+                self.path, f"unknown slide backend {backend!r}", f"use one of {', '.join(BACKENDS)}"
+            )
         if not self.path.is_file():
-            raise InputFileError(self.path, "slide file not found", "check --source / --data_slide_dir and --slide_ext")
+            raise InputFileError(
+                self.path,
+                "slide file not found",
+                "check --source / --data_slide_dir and --slide_ext",
+            )
         self._img = None
         self._osr = None
         if self.path.suffix.lower() in _FLAT:
@@ -37,7 +57,9 @@ class Slide:
         else:
             self.backend = self._open_pyramid(backend)
         if self._osr is not None:
-            self.level_dimensions = tuple(tuple(int(v) for v in d) for d in self._osr.level_dimensions)
+            self.level_dimensions = tuple(
+                tuple(int(v) for v in d) for d in self._osr.level_dimensions
+            )
             self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
             self.properties = dict(self._osr.properties)
         self.mpp = self._find_mpp()
@@ -59,7 +81,11 @@ class Slide:
                 return name
             except Exception as exc:  # each backend has its own error types
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
-        raise InputFileError(self.path, "cannot be opened as a slide (" + "; ".join(errors) + ")", "check that the file is a complete, supported WSI (re-copy it if it was truncated)")
+        raise InputFileError(
+            self.path,
+            "cannot be opened as a slide (" + "; ".join(errors) + ")",
+            "check that the file is a complete, supported WSI (re-copy it if it was truncated)",
+        )
 
     def _open_flat(self) -> None:
         from PIL import Image
@@ -69,7 +95,11 @@ class Slide:
             with Image.open(self.path) as im:
                 self._img = np.asarray(im.convert("RGB"))
         except Exception as exc:
-            raise InputFileError(self.path, f"cannot be read as an image ({exc})", "re-export the image as PNG/JPEG/TIFF") from exc
+            raise InputFileError(
+                self.path,
+                f"cannot be read as an image ({exc})",
+                "re-export the image as PNG/JPEG/TIFF",
+            ) from exc
         h, w = self._img.shape[:2]
         self.level_dimensions = ((w, h),)
         self.level_downsamples = (1.0,)
@@ -107,13 +137,22 @@ class Slide:
                     continue
         return None
 
+    def level_scale(self, level: int) -> tuple[float, float]:
+        """Per-axis (x, y) level-0 pixels per pixel of ``level``, from the level
+        dimensions (CLAM's estimate; the reported downsample is their mean)."""
+        w0, h0 = self.level_dimensions[0]
+        w, h = self.level_dimensions[level]
+        return (w0 / float(w), h0 / float(h))
+
     def best_level_for_downsample(self, downsample: float) -> int:
         """The deepest level whose downsample does not exceed ``downsample``."""
         ds = np.asarray(self.level_downsamples)
         ok = np.nonzero(ds <= downsample * (1 + 1e-6))[0]
         return int(ok[-1]) if ok.size else 0
 
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         """RGB uint8 (h, w, 3) of ``size`` (w, h) at ``level``, top-left at level-0 ``location``.
         Pixels outside the slide are white."""
         x, y = int(location[0]), int(location[1])
@@ -125,12 +164,35 @@ class Slide:
             if x1 > x0 and y1 > y0:
                 out[y0 - y : y1 - y, x0 - x : x1 - x] = self._img[y0:y1, x0:x1]
             return out
-        region = np.asarray(self._osr.read_region((x, y), level, (w, h)))
+        try:
+            region = np.asarray(self._osr.read_region((x, y), level, (w, h)))
+        except Exception as exc:  # backends raise their own types for bad tiles
+            raise InputFileError(
+                self.path,
+                f"cannot read a region at level {level} ({type(exc).__name__}: {exc})",
+                "the file is probably truncated or corrupt; re-copy or re-export it",
+            ) from exc
         if region.shape[-1] == 4:  # composite transparent pixels onto white
-            alpha = region[..., 3:4].astype(np.uint16)
-            rgb = (region[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)) // 255
-            return rgb.astype(np.uint8)
-        return region[..., :3]
+            rgb = np.array(region[..., :3], dtype=np.uint8)
+            alpha = region[..., 3]
+            clear = alpha < 255
+            if clear.any():
+                a = alpha[clear].astype(np.uint16)[:, None]
+                rgb[clear] = ((rgb[clear].astype(np.uint16) * a + 255 * (255 - a)) // 255).astype(
+                    np.uint8
+                )
+            return rgb
+        region = np.array(region[..., :3], dtype=np.uint8)
+        if (
+            self.backend == "tiffslide"
+        ):  # it pads with black: paint the outside white, as OpenSlide's is
+            lw, lh = self.level_dimensions[level]
+            ds = self.level_downsamples[level]
+            cols = int(x / ds) + np.arange(w)
+            rows = int(y / ds) + np.arange(h)
+            region[:, (cols < 0) | (cols >= lw)] = 255
+            region[(rows < 0) | (rows >= lh)] = 255
+        return region
 
     def read_level(self, level: int) -> np.ndarray:
         """A whole level as RGB (use only on low-resolution levels)."""

@@ -1,0 +1,412 @@
+"""``create_patches``: CLAM's ``create_patches_fp.py`` as a function.
+
+For every slide in ``source``: segment tissue, write the patch grid to
+``<save_dir>/patches/<slide>.h5``, the contours drawn on the slide to
+``masks/<slide>.jpg``, the stitched patches to ``stitches/<slide>.jpg`` and
+the contours as GeoJSON to ``geojson/<slide>.geojson``, and record a status
+per slide in ``process_list_autogen.csv`` (CLAM's columns plus ``reason``,
+``n_contours``, ``n_patches``, ``level0_mpp``). A slide that fails is recorded
+with its reason and the batch goes on. Slides whose patch file exists are
+skipped unless ``auto_skip=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sae1n.errors import ConfigError, InputFileError, Sae1nError
+from sae1n.wsi.presets import SlideParams, load_preset
+from sae1n.wsi.slide import SLIDE_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+PROCESS_LIST_NAME = "process_list_autogen.csv"
+MAX_SEG_PIXELS = 1e8  # CLAM refuses to segment a level larger than this
+PROCESSED, ALREADY_EXIST, NO_TISSUE, FAILED_SEG, FAILED, TO_BE_PROCESSED = (
+    "processed",
+    "already_exist",
+    "no_tissue",
+    "failed_seg",
+    "failed",
+    "tbp",
+)
+PARAM_COLUMNS = (
+    "seg_level",
+    "sthresh",
+    "mthresh",
+    "close",
+    "use_otsu",
+    "keep_ids",
+    "exclude_ids",
+    "a_t",
+    "a_h",
+    "max_n_holes",
+    "vis_level",
+    "line_thickness",
+    "use_padding",
+    "contour_fn",
+)
+EXTRA_COLUMNS = ("reason", "n_contours", "n_patches", "level0_mpp")
+
+
+def list_slides(source: str | os.PathLike) -> list[str]:
+    """Slide file names in ``source`` (sorted), or the one file ``source`` names."""
+    source = Path(source)
+    if source.is_file():
+        return [source.name]
+    if not source.is_dir():
+        raise InputFileError(source, "slide folder not found", "check --source")
+    names = sorted(
+        p.name for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
+    )
+    if not names:
+        raise InputFileError(
+            source,
+            f"no slide files ({', '.join(SLIDE_EXTENSIONS)}) in this folder",
+            "check --source",
+        )
+    return names
+
+
+def initialize_process_list(slides, defaults: SlideParams) -> pd.DataFrame:
+    """CLAM's process list: given slide names, or a DataFrame with a
+    ``slide_id`` column whose missing parameter columns/cells take ``defaults``."""
+    default_row = defaults.as_row()
+    if isinstance(slides, pd.DataFrame):
+        df = slides.copy()
+        if "slide_id" not in df.columns:
+            raise ConfigError(
+                "the process list needs a 'slide_id' column (slide file names, e.g. slide_1.svs)"
+            )
+        df["slide_id"] = df["slide_id"].astype(str)
+    else:
+        df = pd.DataFrame({"slide_id": [str(s) for s in slides]})
+    n = len(df)
+    fill = {"process": 1, "status": TO_BE_PROCESSED, **default_row}
+    for key, value in fill.items():
+        if key not in df.columns:
+            df[key] = [value] * n
+        else:
+            missing = df[key].isna()
+            if missing.any():
+                df[key] = df[key].astype(object)
+                df.loc[missing, key] = value
+    for key in EXTRA_COLUMNS:
+        if key not in df.columns:
+            df[key] = [""] * n if key == "reason" else [np.nan] * n
+    for key in ("n_contours", "n_patches"):
+        df[key] = pd.to_numeric(df[key], errors="coerce").astype("Int64")
+    df["reason"] = df["reason"].fillna("").astype(object)
+    df["status"] = df["status"].astype(object)
+    return df
+
+
+def read_process_list(
+    path: str | os.PathLike, save_dir: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """Read a process list CSV (given path, else relative to ``save_dir`` as CLAM does)."""
+    p = Path(path)
+    if not p.is_file() and save_dir is not None and (Path(save_dir) / p).is_file():
+        p = Path(save_dir) / p
+    if not p.is_file():
+        raise InputFileError(
+            p, "process list not found", "give the CSV path (or a name inside --save_dir)"
+        )
+    try:
+        return pd.read_csv(p, keep_default_na=True)
+    except Exception as exc:
+        raise InputFileError(
+            p, f"cannot be read as CSV ({exc})", "use the format of process_list_autogen.csv"
+        ) from exc
+
+
+def existing_patch_count(path: Path) -> int | None:
+    """Number of patches in ``path`` if it is a readable patch file, else None (resume check)."""
+    from sae1n.wsi.patch_files import read_patch_file
+
+    if not path.is_file():
+        return None
+    try:
+        coords, _ = read_patch_file(path)
+    except InputFileError as exc:
+        log.warning("%s; it will be recreated", exc)
+        return None
+    return len(coords)
+
+
+def process_slide(
+    slide_path: str | os.PathLike,
+    save_dir: str | os.PathLike,
+    params: SlideParams,
+    *,
+    patch_size: int = 256,
+    step_size: int | None = None,
+    patch_level: int = 0,
+    target_mpp: float | None = None,
+    magnification: float | None = None,
+    seg: bool = True,
+    patch: bool = True,
+    stitch: bool = True,
+    save_mask: bool = True,
+    save_geojson: bool = True,
+    backend: str = "auto",
+) -> dict:
+    """Segment, patch and draw one slide; return its process-list updates
+    (``status``, ``reason``, resolved ``seg_level``/``vis_level``, counts).
+    Errors propagate; :func:`create_patches` records them."""
+    from sae1n.io import atomic_write_json
+    from sae1n.wsi.patch_files import make_patch_spec, write_patch_file
+    from sae1n.wsi.patching import tissue_patch_coords, whole_slide_region
+    from sae1n.wsi.segmentation import contours_to_geojson, resolve_level, segment_tissue
+    from sae1n.wsi.slide import open_slide
+    from sae1n.wsi.stitching import draw_tissue, read_overview, save_jpeg, stitch_patches
+
+    save_dir = Path(save_dir)
+    slide_path = Path(slide_path)
+    slide_id = slide_path.stem
+    row: dict = {"reason": ""}
+    with open_slide(slide_path, backend=backend) as slide:
+        row["level0_mpp"] = slide.mpp if slide.mpp is not None else np.nan
+        seg_level = resolve_level(slide, params.seg_level)
+        vis_level = resolve_level(slide, params.vis_level)
+        row.update(seg_level=seg_level, vis_level=vis_level)
+        w, h = slide.level_dimensions[seg_level]
+        if seg and w * h > MAX_SEG_PIXELS:
+            row.update(
+                status=FAILED_SEG,
+                reason=f"segmentation level {seg_level} is {w}x{h} pixels, too large to segment (limit {MAX_SEG_PIXELS:.0e}); convert the slide to a pyramidal TIFF or set seg_level in a process list",
+            )
+            return row
+        spec = (
+            make_patch_spec(slide, patch_size, step_size, patch_level, target_mpp, magnification)
+            if patch
+            else None
+        )
+
+        t0 = time.perf_counter()
+        seg_rgb = slide.read_level(seg_level) if seg else None
+        tissue = segment_tissue(slide, params, seg_level, level_rgb=seg_rgb) if seg else None
+        row["n_contours"] = len(tissue) if tissue is not None else np.nan
+        t1 = time.perf_counter()
+        if tissue is not None and save_geojson:
+            atomic_write_json(
+                save_dir / "geojson" / f"{slide_id}.geojson",
+                contours_to_geojson(tissue),
+                indent=None,
+            )
+
+        coords = None
+        if patch:
+            region = tissue if tissue is not None else whole_slide_region(slide.dimensions)
+            coords, _ = tissue_patch_coords(
+                region,
+                spec.patch_size_level0,
+                spec.step_level0,
+                slide.dimensions,
+                params.contour_fn,
+                params.use_padding,
+            )
+            row["n_patches"] = len(coords)
+            if len(coords):
+                write_patch_file(
+                    save_dir / "patches" / f"{slide_id}.h5",
+                    coords,
+                    spec.attrs(slide_id, save_dir / "patches"),
+                )
+            else:  # a redo that finds nothing must not leave an earlier run's outputs behind
+                (save_dir / "patches" / f"{slide_id}.h5").unlink(missing_ok=True)
+                (save_dir / "stitches" / f"{slide_id}.jpg").unlink(missing_ok=True)
+        t2 = time.perf_counter()
+
+        if save_mask or (stitch and coords is not None and len(coords)):
+            overview, scale = read_overview(
+                slide, vis_level, level_rgb=seg_rgb if vis_level == seg_level else None
+            )
+            if save_mask:
+                save_jpeg(
+                    save_dir / "masks" / f"{slide_id}.jpg",
+                    draw_tissue(overview, scale, tissue, params.line_thickness),
+                )
+            if stitch and coords is not None and len(coords):
+                # CLAM stitches at the level closest to 64x, independent of vis_level.
+                stitch_level = slide.best_level_for_downsample(64)
+                if stitch_level != vis_level:
+                    overview, scale = read_overview(
+                        slide,
+                        stitch_level,
+                        level_rgb=seg_rgb if stitch_level == seg_level else None,
+                    )
+                save_jpeg(
+                    save_dir / "stitches" / f"{slide_id}.jpg",
+                    stitch_patches(overview, scale, coords, spec.patch_size_level0[0]),
+                )
+        log.debug(
+            "%s: segmentation %.2fs, patching %.2fs, drawing %.2fs",
+            slide_id,
+            t1 - t0,
+            t2 - t1,
+            time.perf_counter() - t2,
+        )
+
+    if tissue is not None and len(tissue) == 0:
+        row.update(
+            status=NO_TISSUE,
+            reason="no tissue contour passed the segmentation filters (a_t, sthresh)",
+        )
+    elif coords is not None and len(coords) == 0:
+        row.update(
+            status=NO_TISSUE,
+            reason="tissue was found but no patch passed the contour check; try a smaller --patch_size or contour_fn",
+        )
+    else:
+        row["status"] = PROCESSED
+    return row
+
+
+def create_patches(
+    source: str | os.PathLike,
+    save_dir: str | os.PathLike,
+    patch_size: int = 256,
+    step_size: int | None = None,
+    patch_level: int = 0,
+    preset: str | os.PathLike | None = None,
+    seg: bool = True,
+    patch: bool = True,
+    stitch: bool = True,
+    process_list: str | os.PathLike | pd.DataFrame | None = None,
+    auto_skip: bool = True,
+    target_mpp: float | None = None,
+    magnification: float | None = None,
+    backend: str = "auto",
+    save_mask: bool = True,
+    save_geojson: bool = True,
+) -> pd.DataFrame:
+    """Segment and patch every slide in ``source`` (a folder or one slide file)
+    into ``save_dir``; return the process list (also written to
+    ``save_dir/process_list_autogen.csv``). Per-slide parameters come from
+    ``process_list`` (CLAM's CSV; rows with ``process`` = 1 are run), else
+    from ``preset``."""
+    from sae1n.io import atomic_write_csv
+    from sae1n.utils import progress
+
+    _check_options(patch_size, step_size, patch_level, target_mpp, magnification, backend)
+    defaults = load_preset(preset)
+    save_dir = Path(save_dir)
+    source = Path(source)
+    folder = source.parent if source.is_file() else source
+    if isinstance(process_list, pd.DataFrame):
+        df = initialize_process_list(process_list, defaults)
+    elif process_list is not None:
+        df = initialize_process_list(read_process_list(process_list, save_dir), defaults)
+    else:
+        df = initialize_process_list(list_slides(source), defaults)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    out_csv = save_dir / PROCESS_LIST_NAME
+
+    todo = df.index[pd.to_numeric(df["process"], errors="coerce").fillna(0).astype(int) == 1]
+    try:
+        for idx in progress(todo, desc="create-patches", total=len(todo)):
+            atomic_write_csv(out_csv, df)
+            name = df.at[idx, "slide_id"]
+            slide_path = folder / name
+            slide_id = Path(name).stem
+            df.at[idx, "process"] = 0
+            existing = (
+                existing_patch_count(save_dir / "patches" / f"{slide_id}.h5") if auto_skip else None
+            )
+            if existing is not None:
+                _set(
+                    df,
+                    idx,
+                    status=ALREADY_EXIST,
+                    reason="patches/<slide>.h5 exists (use --no_auto_skip to redo)",
+                    n_patches=existing,
+                )
+                continue
+            try:
+                params = SlideParams.from_mapping(
+                    df.loc[idx].to_dict(), defaults, where=f"process list row {name}: "
+                )
+                if not slide_path.is_file():
+                    raise InputFileError(
+                        slide_path, "slide file not found", "check --source and the slide_id column"
+                    )
+                row = process_slide(
+                    slide_path,
+                    save_dir,
+                    params,
+                    patch_size=patch_size,
+                    step_size=step_size,
+                    patch_level=patch_level,
+                    target_mpp=target_mpp,
+                    magnification=magnification,
+                    seg=seg,
+                    patch=patch,
+                    stitch=stitch,
+                    save_mask=save_mask,
+                    save_geojson=save_geojson,
+                    backend=backend,
+                )
+            except Sae1nError as exc:
+                row = {"status": FAILED, "reason": str(exc)}
+            except Exception as exc:  # one bad slide must not stop the batch
+                log.debug("slide %s failed", name, exc_info=True)
+                row = {"status": FAILED, "reason": f"{type(exc).__name__}: {exc}"}
+            if row["status"] in (FAILED, FAILED_SEG):
+                log.warning("%s: %s: %s", name, row["status"], row["reason"])
+            _set(df, idx, **row)
+    finally:
+        atomic_write_csv(out_csv, df)
+    return df
+
+
+def _check_options(patch_size, step_size, patch_level, target_mpp, magnification, backend) -> None:
+    from sae1n.wsi.slide import BACKENDS
+
+    if int(patch_size) <= 0 or (step_size is not None and int(step_size) <= 0):
+        raise ConfigError(
+            f"--patch_size and --step_size must be positive (got {patch_size}, {step_size})"
+        )
+    if int(patch_level) < 0:
+        raise ConfigError(f"--patch_level must be >= 0, got {patch_level}")
+    if target_mpp is not None and magnification is not None:
+        raise ConfigError("give --target_mpp or --magnification, not both")
+    if (target_mpp is not None and target_mpp <= 0) or (
+        magnification is not None and magnification <= 0
+    ):
+        raise ConfigError("--target_mpp and --magnification must be positive")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _set(df: pd.DataFrame, idx, **values) -> None:
+    for key, value in values.items():
+        if key not in df.columns:
+            df[key] = np.nan
+        if isinstance(value, str) and df[key].dtype != object:
+            df[key] = df[key].astype(object)
+        df.at[idx, key] = value
+
+
+def summarize(df: pd.DataFrame) -> tuple[str, bool]:
+    """A short text summary of a process list, and whether every slide run failed."""
+    counts = df["status"].value_counts()
+    done = df["status"].isin([PROCESSED, ALREADY_EXIST])
+    n_patches = pd.to_numeric(df.loc[done, "n_patches"], errors="coerce").fillna(0).sum()
+    lines = [
+        f"{len(df)} slide(s): "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f"; {int(n_patches)} patches in patches/"
+    ]
+    failed = df[df["status"].isin([FAILED, FAILED_SEG, NO_TISSUE])]
+    for _, r in failed.iterrows():
+        lines.append(f"  {r['slide_id']}: {r['status']}: {r['reason']}")
+    ran = df[df["status"] != TO_BE_PROCESSED]
+    all_failed = len(ran) > 0 and bool(ran["status"].isin([FAILED, FAILED_SEG]).all())
+    return "\n".join(lines), all_failed
