@@ -78,6 +78,8 @@ class Slide:
                     import tiffslide
 
                     self._osr = tiffslide.TiffSlide(str(self.path))
+                # tiffslide parses lazily: touch the pyramid so a truncated file fails here
+                _ = self._osr.level_dimensions, self._osr.properties
                 return name
             except Exception as exc:  # each backend has its own error types
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
