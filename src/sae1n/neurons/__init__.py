@@ -1,1 +1,31 @@
-"""sae1n.neurons"""
+"""Neuron ranking by slide labels, patch-level evaluation, prompt naming.
+
+Names are imported lazily so that ``sae1n --help`` (which imports
+``sae1n.neurons.commands``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "analyze_sae": "sae1n.neurons.ranking",
+    "rank_neurons": "sae1n.neurons.ranking",
+    "read_ranking": "sae1n.neurons.ranking",
+    "welch_t_test": "sae1n.neurons.ranking",
+    "pool_activations": "sae1n.neurons.pooling",
+    "POOLINGS": "sae1n.neurons.pooling",
+    "evaluate_patches": "sae1n.neurons.evaluate",
+    "name_neurons": "sae1n.neurons.naming",
+    "write_neuron_names": "sae1n.neurons.naming",
+    "registry_text_encoder": "sae1n.neurons.naming",
+    "name_experiment": "sae1n.neurons.naming",
+    "DEFAULT_PATHOLOGY_PROMPTS": "sae1n.neurons.naming",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sae1n.neurons' has no attribute {name!r}")

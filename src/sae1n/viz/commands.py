@@ -3,21 +3,186 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from sae1n.cliutil import not_implemented
+from sae1n.cliutil import option
 
 
 def configure_heatmap(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    option(
+        p,
+        "--feature_dir",
+        type=Path,
+        required=True,
+        help="SAE codes folder (h5 or sparse files with coords)",
+    )
+    option(p, "--data_slide_dir", type=Path, required=True, help="folder holding the slides")
+    option(p, "--slide_ext", default=None, help="slide extension, e.g. .tif (default: any known)")
+    option(
+        p,
+        "--slide_ids",
+        nargs="+",
+        default=None,
+        help="slides to draw (default: every slide with codes)",
+    )
+    option(p, "--unit", type=int, default=None, help="neuron id (default: --rank of the ranking)")
+    option(p, "--rank", type=int, default=1, help="take the neuron at this rank of the ranking CSV")
+    option(
+        p,
+        "--exp_dir",
+        type=Path,
+        default=None,
+        help="output/sae/<exp>: ranking from analysis/, pictures to figures/",
+    )
+    option(
+        p,
+        "--ranking_csv",
+        type=Path,
+        default=None,
+        help="ranking CSV (default: <exp_dir>/analysis/sae_analysis_t_test.csv)",
+    )
+    option(
+        p,
+        "--attention_dir",
+        type=Path,
+        default=None,
+        help="MIL patch_scores/ folder: ABMIL attention drawn side by side",
+    )
+    option(
+        p,
+        "--patch_label_dir",
+        type=Path,
+        default=None,
+        help="patch-label folder: tumour patches outlined",
+    )
+    option(
+        p,
+        "--annotation_dir",
+        type=Path,
+        default=None,
+        help="folder of <slide>.geojson or ASAP <slide>.xml annotations (level-0) to outline",
+    )
+    option(
+        p,
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="where heatmaps/, geojson/, galleries/ go (default: <exp_dir>/figures)",
+    )
+    option(p, "--cmap", default="jet", help="matplotlib colour map")
+    option(p, "--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
+    option(
+        p,
+        "--normalize",
+        choices=("minmax", "percentile", "none"),
+        default="minmax",
+        help="score scaling per slide",
+    )
+    option(p, "--vmin", type=float, default=None)
+    option(p, "--vmax", type=float, default=None)
+    option(p, "--max_size", type=int, default=1024, help="thumbnail's longest side in pixels")
+    option(
+        p,
+        "--gallery",
+        type=int,
+        default=0,
+        help="also save a gallery of the N top-activating patches",
+    )
+    option(
+        p,
+        "--geojson",
+        action="store_true",
+        help="also export QuPath GeoJSON of the patch activations",
+    )
+    option(p, "--overwrite", action="store_true", help="redraw pictures that already exist")
 
 
 def run_heatmap(args) -> int:
-    return not_implemented('heatmap', 7)
+    from sae1n.errors import ConfigError
+    from sae1n.viz.figures import neuron_figures
+    from sae1n.viz.reporting import FIGURES_DIR
+
+    ranking = args.ranking_csv
+    if ranking is None and args.exp_dir is not None:
+        ranking = args.exp_dir / "analysis" / "sae_analysis_t_test.csv"
+        if args.unit is not None and not ranking.is_file():
+            ranking = None
+    out = args.output_dir or (args.exp_dir / FIGURES_DIR if args.exp_dir else None)
+    if out is None:
+        raise ConfigError("pass --output_dir or --exp_dir")
+    res = neuron_figures(
+        args.feature_dir,
+        args.data_slide_dir,
+        out,
+        unit=args.unit,
+        ranking_csv=ranking,
+        rank=args.rank,
+        slide_ids=args.slide_ids,
+        slide_ext=args.slide_ext,
+        attention_dir=args.attention_dir,
+        patch_label_dir=args.patch_label_dir,
+        annotation_dir=args.annotation_dir,
+        gallery_n=args.gallery,
+        geojson=args.geojson,
+        overwrite=args.overwrite,
+        cmap=args.cmap,
+        alpha=args.alpha,
+        normalize=args.normalize,
+        vmin=args.vmin,
+        vmax=args.vmax,
+        max_size=args.max_size,
+    )
+    print(f"neuron {res['unit']}: {len(res['heatmaps'])} heatmap(s) in {out / 'heatmaps'}")
+    if res["geojson"]:
+        print(f"{len(res['geojson'])} GeoJSON file(s) in {out / 'geojson'}")
+    if res["gallery"]:
+        print(f"gallery: {res['gallery']}")
+    return 0
 
 
 def configure_report(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument("exp_dir", type=Path, help="output/sae/<exp>")
+    option(p, "--out", type=Path, default=None, help="HTML file (default: <exp_dir>/report.html)")
+    option(p, "--title", default=None)
+    option(
+        p,
+        "--encoder",
+        default=None,
+        help="name the neurons first with this CLIP-family encoder's text tower (conch_v1, clip_vit_b16, plip)",
+    )
+    option(
+        p,
+        "--encoder_checkpoint",
+        type=Path,
+        default=None,
+        help="its weights (default: its environment variable, then the hub); random weights give meaningless names",
+    )
+    option(
+        p,
+        "--prompts",
+        type=Path,
+        default=None,
+        help="prompt file, one per line (default: a pathology prompt list)",
+    )
 
 
 def run_report(args) -> int:
-    return not_implemented('report', 7)
+    from sae1n.viz.reporting import report
+
+    if args.encoder:
+        from sae1n.neurons.naming import (
+            DEFAULT_PATHOLOGY_PROMPTS,
+            name_experiment,
+            read_prompts,
+            registry_text_encoder,
+        )
+
+        prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PATHOLOGY_PROMPTS
+        encode_text, to_joint = registry_text_encoder(args.encoder, args.encoder_checkpoint)
+        names = name_experiment(args.exp_dir, encode_text, prompts, image_projection=to_joint)
+        print(
+            f"named the neurons with {args.encoder}'s text tower ({len(prompts)} prompts): {names}"
+        )
+    path = report(args.exp_dir, args.out, title=args.title)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+    return 0

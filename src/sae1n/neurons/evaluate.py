@@ -1,0 +1,479 @@
+"""Patch-level evaluation of selected SAE neurons against patch labels.
+
+For the chosen neuron (rank 1 by default), each of the top-N neurons and,
+when its per-patch scores exist, an ABMIL attention baseline: patch AUROC and
+average precision on the test slides, the best-F1 threshold chosen on the
+validation slides and applied to the test slides, and the slide AUROC of the
+pooled score. Patches are matched to their labels by level-0 coords.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sae1n.errors import ConfigError, InputFileError, Sae1nError
+from sae1n.io import atomic_write_csv, atomic_write_json
+from sae1n.neurons.inputs import (
+    binarize_labels,
+    code_files,
+    match_coords,
+    missing_list,
+    neuron_columns,
+    read_codes,
+    read_patch_label_file,
+    read_patch_scores,
+    read_slide_labels,
+    read_split_slides,
+)
+from sae1n.neurons.pooling import check_pooling, pool_activations
+from sae1n.neurons.ranking import ranking_csv_path, read_ranking
+from sae1n.utils import progress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+METRICS_CSV = "patch_metrics.csv"
+METRICS_JSON = "patch_metrics.json"
+ROC_PNG = "roc_curve.png"
+PR_PNG = "pr_curve.png"
+
+
+@dataclass
+class SplitScores:
+    """Per-patch scores (matched to labels) and per-slide pooled scores of one split."""
+
+    scores: dict[str, list[np.ndarray]] = field(default_factory=dict)  # method -> per-slide arrays
+    labels: list[np.ndarray] = field(default_factory=list)  # per-slide patch labels
+    slide_ids: list[str] = field(default_factory=list)
+    slide_scores: dict[str, list[float]] = field(default_factory=dict)
+    n_unmatched: int = 0
+
+    def patch_scores(self, method: str) -> np.ndarray:
+        parts = self.scores.get(method, [])
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    def patch_labels(self) -> np.ndarray:
+        return np.concatenate(self.labels).astype(bool) if self.labels else np.empty(0, bool)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of ``scores >= threshold``; NaNs when undefined."""
+    from sklearn.metrics import precision_recall_curve
+
+    labels = np.asarray(labels, bool)
+    if labels.size == 0 or not labels.any():
+        return math.nan, math.nan
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)[
+            :-1
+        ]
+    i = int(np.argmax(f1))
+    return float(thresholds[i]), float(f1[i])
+
+
+def patch_metrics(
+    test_labels: np.ndarray, test_scores: np.ndarray, threshold: float | None = None
+) -> dict:
+    """AUROC, AP and (given a threshold) precision/recall/F1 of per-patch scores."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.asarray(test_labels, bool)
+    s = np.asarray(test_scores, float)
+    out = {
+        "n_patches": int(y.size),
+        "n_positive": int(y.sum()),
+        "patch_auroc": math.nan,
+        "patch_ap": math.nan,
+    }
+    if y.size and 0 < y.sum() < y.size:
+        out["patch_auroc"] = float(roc_auc_score(y, s))
+        out["patch_ap"] = float(average_precision_score(y, s))
+    out["threshold"] = math.nan if threshold is None else float(threshold)
+    out.update(precision=math.nan, recall=math.nan, f1=math.nan)
+    if threshold is not None and np.isfinite(threshold) and y.size:
+        pred = s >= threshold
+        tp = int((pred & y).sum())
+        fp = int((pred & ~y).sum())
+        fn = int((~pred & y).sum())
+        out["precision"] = tp / (tp + fp) if tp + fp else 0.0
+        out["recall"] = tp / (tp + fn) if tp + fn else math.nan
+        p, r = out["precision"], out["recall"]
+        out["f1"] = 2 * p * r / (p + r) if (p + r) > 0 else 0.0
+    return out
+
+
+def slide_auroc(slide_labels, slide_scores) -> float:
+    """ROC AUC of pooled slide scores; NaN when one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(slide_labels, bool)
+    if y.size == 0 or y.all() or not y.any():
+        return math.nan
+    return float(roc_auc_score(y, np.asarray(slide_scores, float)))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _fold_of(split_csv_path) -> int:
+    m = re.search(r"splits_(\d+)", Path(split_csv_path).stem)
+    return int(m.group(1)) if m else 0
+
+
+def _slide_patch_labels(
+    sid: str,
+    coords: np.ndarray,
+    label_dir: Path,
+    threshold: float | None,
+    slide_label: int | None,
+    allow_missing: bool,
+):
+    """(index into coords, labels) of the patches that have a label, or None to skip."""
+    path = label_dir / f"{sid}.h5"
+    if not path.is_file():
+        if slide_label == 0:  # a normal slide without annotations: every patch is normal
+            return np.arange(len(coords)), np.zeros(len(coords), bool), 0
+        if allow_missing:
+            log.warning("no patch labels for %s; skipped", sid)
+            return None
+        raise InputFileError(
+            path,
+            "patch-label file not found",
+            "run `sae1n patch-labels` for this slide, give --dataset_csv so normal slides need none, or pass --allow_missing",
+        )
+    lab_coords, frac, file_thr = read_patch_label_file(path)
+    thr = (
+        threshold
+        if threshold is not None
+        else (file_thr if file_thr is not None else DEFAULT_THRESHOLD)
+    )
+    ia, ib = match_coords(coords, lab_coords)
+    if len(ia) == 0:
+        raise InputFileError(
+            path,
+            f"none of its {len(lab_coords)} patch coords match the {len(coords)} coords of the SAE codes",
+            "make patch labels from the same patch coordinates (patches/<slide>.h5) the features were extracted from",
+        )
+    return ia, frac[ib] >= thr, len(coords) - len(ia)
+
+
+def _collect(
+    split_name: str,
+    slides: list[str],
+    files: dict[str, Path],
+    units: list[int],
+    signs: dict[int, float],
+    label_dir: Path,
+    threshold: float | None,
+    slide_labels: dict[str, int] | None,
+    baseline_dir: Path | None,
+    pooling: str,
+    topk: int,
+    quantile: float,
+    allow_missing: bool,
+) -> SplitScores:
+    out = SplitScores()
+    missing = [s for s in slides if s not in files]
+    if missing:
+        if not allow_missing:
+            raise InputFileError(
+                next(iter(files.values())).parent,
+                f"no SAE codes for {len(missing)} {split_name} slide(s): {missing_list(missing)}",
+                "run `sae1n save-sae-features` for them, or pass --allow_missing",
+            )
+        slides = [s for s in slides if s in files]
+    for sid in progress(slides, desc=f"{split_name} slides", total=len(slides)):
+        codes, coords, _ = read_codes(files[sid])
+        if coords is None:
+            raise InputFileError(
+                files[sid],
+                "has no coords",
+                "use h5 or sparse code files (they keep coords), not pt files",
+            )
+        known = None if slide_labels is None else slide_labels.get(sid)
+        got = _slide_patch_labels(sid, coords, label_dir, threshold, known, allow_missing)
+        if got is None:
+            continue
+        idx, lab, unmatched = got
+        out.n_unmatched += unmatched
+        baseline = None
+        if baseline_dir is not None:
+            bpath = baseline_dir / f"{sid}.h5"
+            if bpath.is_file():
+                bcoords, bscores = read_patch_scores(bpath)
+                ja, jb = match_coords(coords[idx], bcoords)
+                full = np.full(len(idx), np.nan)
+                full[ja] = bscores[jb]
+                baseline = (full, float(bscores.max()) if bscores.size else math.nan)
+        out.slide_ids.append(sid)
+        out.labels.append(lab)
+        sl = int(lab.any()) if known is None else int(known)
+        out.slide_scores.setdefault("_label", []).append(sl)
+        acts = neuron_columns(codes, units)
+        for j, u in enumerate(units):
+            act = acts[:, j]
+            key = f"unit_{u}"
+            out.scores.setdefault(key, []).append(signs[u] * act[idx])
+            pooled = pool_activations(act[:, None], pooling, topk=topk, quantile=quantile)[0]
+            out.slide_scores.setdefault(key, []).append(signs[u] * pooled)
+        if baseline_dir is not None:
+            out.scores.setdefault("abmil_attention", []).append(
+                baseline[0] if baseline else np.full(len(idx), np.nan)
+            )
+            out.slide_scores.setdefault("abmil_attention", []).append(
+                baseline[1] if baseline else math.nan
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def evaluate_patches(
+    exp_id: str,
+    split_csv_path: str | os.PathLike,
+    feature_dir: str | os.PathLike,
+    patch_label_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    unit: int | None = None,
+    ranking_csv: str | os.PathLike | None = None,
+    top_n: int = 10,
+    threshold: float | None = None,
+    dataset_csv: str | os.PathLike | None = None,
+    label_column: str = "label",
+    mil_dir: str | os.PathLike | None = None,
+    fold: int | None = None,
+    pooling: str = "max",
+    topk: int = 10,
+    quantile: float = 0.9,
+    file_type: str | None = None,
+    allow_missing: bool = False,
+    plots: bool = True,
+) -> dict:
+    """Evaluate the chosen neuron (default: rank 1) and the top-N neurons on the
+    split's test slides, with thresholds chosen on its val slides.
+
+    Writes ``<output_dir>/<exp_id>/evaluation/patch_metrics.csv`` and ``.json``
+    plus ROC and PR curve PNGs; returns the JSON content. A neuron whose
+    ranking direction is ``normal`` (fires on normal tissue) is scored by its
+    negated activation (its threshold is on that negated scale). ``mil_dir`` (``<results_dir_base>/mil/<exp>``) adds the
+    ABMIL baseline from ``fold_<k>/patch_scores/<slide>.h5`` when present.
+    """
+    check_pooling(pooling, topk, quantile)
+    if top_n < 0:
+        raise ConfigError(f"--top_n must be >= 0, got {top_n}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold is a tumour fraction in [0, 1], got {threshold}")
+    label_dir = Path(patch_label_dir)
+    if not label_dir.is_dir():
+        raise InputFileError(
+            label_dir,
+            "patch-label folder not found",
+            "run `sae1n patch-labels` first and pass its --out_dir",
+        )
+    ranking_path = Path(ranking_csv) if ranking_csv else ranking_csv_path(output_dir, exp_id)
+    ranking = None
+    if unit is None or ranking_csv is not None or ranking_path.is_file():
+        ranking = read_ranking(ranking_path)
+    files = code_files(feature_dir, file_type)
+    dim = _dim_of(next(iter(files.values())))
+    ranked_units = (
+        [] if ranking is None else [int(u) for u in ranking["unit_id"].head(max(top_n, 1))]
+    )
+    chosen = int(unit) if unit is not None else ranked_units[0]
+    if not 0 <= chosen < dim:
+        raise ConfigError(f"--unit {chosen} is outside the SAE's {dim} neurons")
+    units = [chosen] + [u for u in ranked_units[:top_n] if u != chosen]
+    rank_of, signs, direction = {}, {}, {}
+    for u in units:
+        rank_of[u], direction[u] = _rank_and_direction(ranking, u)
+        signs[u] = -1.0 if direction[u] == "normal" else 1.0
+
+    slide_labels = None
+    if dataset_csv is not None:
+        raw = read_slide_labels(dataset_csv, label_column)
+        slide_labels = binarize_labels(
+            {s: v for s, v in raw.items() if v.strip().lower() not in ("", "nan")}, dataset_csv
+        )
+    test = read_split_slides(split_csv_path, "test")
+    val = read_split_slides(split_csv_path, "val")
+    if not test:
+        raise InputFileError(
+            split_csv_path, "the test column is empty", "pass a split with test slides"
+        )
+    k = _fold_of(split_csv_path) if fold is None else int(fold)
+    baseline_dir = None
+    if mil_dir is not None:
+        cand = Path(mil_dir) / f"fold_{k}" / "patch_scores"
+        if cand.is_dir():
+            baseline_dir = cand
+        else:
+            log.warning("no ABMIL patch scores at %s; baseline skipped", cand)
+    common = dict(
+        files=files,
+        units=units,
+        signs=signs,
+        label_dir=label_dir,
+        threshold=threshold,
+        slide_labels=slide_labels,
+        baseline_dir=baseline_dir,
+        pooling=pooling,
+        topk=topk,
+        quantile=quantile,
+        allow_missing=allow_missing,
+    )
+    test_scores = _collect("test", test, **common)
+    val_scores = _collect("val", val, **common) if val else SplitScores()
+    if not test_scores.slide_ids:
+        raise Sae1nError("no test slide could be evaluated (no codes or patch labels)")
+
+    rows = []
+    curves = {}
+    methods = [f"unit_{u}" for u in units] + (["abmil_attention"] if baseline_dir else [])
+    for m in methods:
+        row = _evaluate_method(m, test_scores, val_scores)
+        if m == "abmil_attention":
+            row.update(method="abmil_attention", unit_id=None, rank=None, direction=None)
+        else:
+            u = int(m.split("_")[1])
+            row.update(method="sae_neuron", unit_id=u, rank=rank_of[u], direction=direction[u])
+        row["chosen"] = m == f"unit_{chosen}"
+        rows.append(row)
+        if m == f"unit_{chosen}" or m == "abmil_attention":
+            curves[m] = _curve_data(test_scores, m)
+    cols = [
+        "method",
+        "unit_id",
+        "rank",
+        "direction",
+        "chosen",
+        "patch_auroc",
+        "patch_ap",
+        "threshold",
+        "precision",
+        "recall",
+        "f1",
+        "val_f1",
+        "slide_auroc",
+        "n_patches",
+        "n_positive",
+        "n_slides",
+        "n_val_patches",
+        "n_val_positive",
+    ]
+    table = pd.DataFrame(rows)[cols]
+    eval_dir = Path(output_dir) / exp_id / "evaluation"
+    atomic_write_csv(eval_dir / METRICS_CSV, table)
+    result = {
+        "exp_id": exp_id,
+        "chosen_unit": chosen,
+        "chosen": _clean(next(r for r in rows if r["chosen"])),
+        "top_n": [_clean(r) for r in rows if r["method"] == "sae_neuron"],
+        "baseline": next((_clean(r) for r in rows if r["method"] == "abmil_attention"), None),
+        "settings": {
+            "split_csv_path": str(split_csv_path),
+            "feature_dir": str(feature_dir),
+            "patch_label_dir": str(label_dir),
+            "ranking_csv": str(ranking_path) if ranking is not None else None,
+            "threshold": threshold,
+            "pooling": pooling,
+            "fold": k,
+            "mil_patch_scores": str(baseline_dir) if baseline_dir else None,
+            "n_test_slides": len(test_scores.slide_ids),
+            "n_val_slides": len(val_scores.slide_ids),
+            "n_unmatched_test_patches": int(test_scores.n_unmatched),
+        },
+        "files": {"csv": METRICS_CSV},
+    }
+    if plots:
+        from sae1n.viz.curves import plot_pr_curves, plot_roc_curves
+
+        names = {m: _label_for(m, rank_of, direction) for m in curves}
+        plot_roc_curves({names[m]: c for m, c in curves.items()}, eval_dir / ROC_PNG)
+        plot_pr_curves({names[m]: c for m, c in curves.items()}, eval_dir / PR_PNG)
+        result["files"].update(roc=ROC_PNG, pr=PR_PNG)
+    atomic_write_json(eval_dir / METRICS_JSON, result)
+    return result
+
+
+def _rank_and_direction(ranking: pd.DataFrame | None, unit: int) -> tuple[int | None, str]:
+    """(rank, 'tumor'|'normal') of a neuron in the ranking; unranked -> (None, 'tumor')."""
+    if ranking is None:
+        return None, "tumor"
+    pos = np.nonzero(ranking["unit_id"].to_numpy() == unit)[0]
+    if not pos.size:
+        return None, "tumor"
+    row = ranking.iloc[pos[0]]
+    if "direction" in ranking.columns:
+        d = str(row["direction"])
+    elif "t_statistic" in ranking.columns:
+        d = "normal" if float(row["t_statistic"]) < 0 else "tumor"
+    else:
+        d = "tumor"
+    return int(pos[0]) + 1, {"lower_grade": "normal", "higher_grade": "tumor"}.get(d, d)
+
+
+def _dim_of(path: Path) -> int:
+    codes, _, _ = read_codes(path)
+    return int(codes.shape[1])
+
+
+def _evaluate_method(m: str, test: SplitScores, val: SplitScores) -> dict:
+    y = test.patch_labels()
+    s = test.patch_scores(m)
+    keep = np.isfinite(s)
+    vy = val.patch_labels()
+    vs = val.patch_scores(m)
+    vkeep = np.isfinite(vs) if vs.size else np.zeros(0, bool)
+    thr, vf1 = best_f1_threshold(vy[vkeep], vs[vkeep]) if vs.size else (math.nan, math.nan)
+    row = patch_metrics(y[keep], s[keep], thr)
+    row["val_f1"] = vf1
+    row["n_val_patches"] = int(vkeep.sum())
+    row["n_val_positive"] = int(vy[vkeep].sum()) if vs.size else 0
+    sl = np.asarray(test.slide_scores.get(m, []), float)
+    lab = np.asarray(test.slide_scores.get("_label", []), bool)
+    ok = np.isfinite(sl)
+    row["slide_auroc"] = slide_auroc(lab[ok], sl[ok])
+    row["n_slides"] = int(ok.sum())
+    return row
+
+
+def _curve_data(test: SplitScores, m: str) -> tuple[np.ndarray, np.ndarray]:
+    y = test.patch_labels()
+    s = test.patch_scores(m)
+    keep = np.isfinite(s)
+    return y[keep], s[keep]
+
+
+def _label_for(m: str, rank_of: dict, direction: dict) -> str:
+    if m == "abmil_attention":
+        return "ABMIL attention"
+    u = int(m.split("_")[1])
+    rank = f" (rank {rank_of[u]})" if rank_of.get(u) else ""
+    neg = ", negated" if direction.get(u) == "normal" else ""
+    return f"neuron {u}{rank}{neg}"
+
+
+def _clean(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float | np.floating) and not np.isfinite(v):
+            out[k] = None
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
