@@ -1,23 +1,56 @@
-"""CLI glue for this stage: parse arguments, call the public API, print."""
+"""CLI glue for ``sae1n demo`` and ``sae1n pipeline``: parse, call, print."""
 
 from __future__ import annotations
 
 import argparse
 
-from sae1n.cliutil import not_implemented
+from sae1n.cliutil import option
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    option(p, "--out", default="./sae1n-demo", help="work folder (default ./sae1n-demo)")
+    p.add_argument(
+        "--quick", action="store_true", help="a smaller run (under a minute), as CI uses"
+    )
+    p.add_argument(
+        "--tiles",
+        default=None,
+        help="build mosaic slides from DIR/tumor/*.png and DIR/normal/*.png",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated slides")
+    p.add_argument("--workers", type=int, default=2, help="processes generating slides")
+    p.add_argument("--force", action="store_true", help="re-run stages even when complete")
 
 
 def run_demo(args) -> int:
-    return not_implemented('demo', 9)
+    from sae1n.demo.run import format_summary
+    from sae1n.demo.run import run_demo as demo
+
+    result = demo(
+        args.out,
+        quick=args.quick,
+        tiles_dir=args.tiles,
+        seed=args.seed,
+        workers=args.workers,
+        force=args.force,
+    )
+    print(format_summary(result))
+    return 0
 
 
 def configure_pipeline(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument("config", help="pipeline YAML (see README: 'Your own cohort')")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. encoder.batch_size=256")
+    p.add_argument("--force", action="store_true", help="re-run stages even when complete")
+    p.add_argument(
+        "--stages", nargs="+", default=None, help="run only these stages (in pipeline order)"
+    )
 
 
 def run_pipeline(args) -> int:
-    return not_implemented('pipeline', 9)
+    from sae1n.pipeline import run_pipeline as run
+
+    results = run(args.config, args.overrides, force=args.force, stages=args.stages)
+    for name, r in results.items():
+        print(f"{name:18s} {r.status:8s} {r.seconds:7.1f} s  {r.info}")
+    return 0

@@ -38,6 +38,10 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# The function shadows its module's name: bind it eagerly so that
+# ``sae1n.wsi.create_patches`` is the function even after the module loads.
+from sae1n.wsi.create_patches import create_patches, process_slide  # noqa: E402
+
 
 def __getattr__(name: str):
     if name in _EXPORTS:
