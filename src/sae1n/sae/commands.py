@@ -4,20 +4,90 @@ from __future__ import annotations
 
 import argparse
 
-from sae1n.cliutil import not_implemented
+from sae1n.cliutil import option
 
 
 def configure_train_sae(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="exp=NAME key=value",
+        help="experiment name and config overrides (e.g. training.lr=3e-4, sweep.sae.top_k=[8,16,32])",
+    )
 
 
 def run_train_sae(args) -> int:
-    return not_implemented('train-sae', 6)
+    from sae1n.configs import split_exp_args
+    from sae1n.sae.train import train_from_args
+
+    exp, overrides = split_exp_args(args.args)
+    out = train_from_args(exp, overrides)
+    print(f"SAE outputs: {out}")
+    return 0
 
 
 def configure_save_sae_features(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "exp_dir",
+        help="experiment folder, e.g. output/sae/camelyon16_conch_0 (or a checkpoint file)",
+    )
+    option(
+        p,
+        "--feature_dir",
+        default=None,
+        help="features to encode (default: the folder the SAE was trained on)",
+    )
+    option(
+        p,
+        "--file_type",
+        default=None,
+        choices=["h5", "pt"],
+        help="feature files to read (default: h5, else pt)",
+    )
+    option(p, "--batch_size", type=int, default=8192, help="patches per encoding batch")
+    option(p, "--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    option(
+        p,
+        "--checkpoint",
+        default="best",
+        help="which checkpoint: best (default), final, or a step number",
+    )
+    option(
+        p,
+        "--out_dir",
+        default=None,
+        help="output folder (default: <exp_dir>/encoded_features/<dataset>/<feature_set>)",
+    )
+    option(p, "--no_sparse", action="store_true", help="skip the compact sparse_files/ codes")
+    option(
+        p,
+        "--no_dense",
+        action="store_true",
+        help="skip the dense h5_files/ and pt_files/ (paper layout)",
+    )
 
 
 def run_save_sae_features(args) -> int:
-    return not_implemented('save-sae-features', 6)
+    from sae1n.sae.encode import save_sae_features
+
+    s = save_sae_features(
+        args.exp_dir,
+        args.feature_dir,
+        file_type=args.file_type,
+        dense=not args.no_dense,
+        sparse=not args.no_sparse,
+        batch_size=args.batch_size,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        out_dir=args.out_dir,
+    )
+    mb = 1 << 20
+    sizes = []
+    if s.dense_bytes:
+        sizes.append(f"dense {s.dense_bytes / mb:.1f} MiB")
+    if s.sparse_bytes:
+        sizes.append(f"sparse {s.sparse_bytes / mb:.1f} MiB")
+    print(
+        f"encoded {len(s.encoded)} slides ({', '.join(sizes) or 'nothing new'}), skipped {len(s.skipped)} complete -> {s.out_dir}"
+    )
+    return 0

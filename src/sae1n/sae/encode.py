@@ -1,0 +1,239 @@
+"""Encode every slide with a trained SAE (``sae1n save-sae-features``).
+
+Layout (the paper's, plus the compact sparse form)::
+
+    <exp_dir>/encoded_features/<dataset>/<feature_set>/
+        h5_files/<slide>.h5      dense codes (N, F) + coords (+ coords attrs)
+        pt_files/<slide>.pt      dense codes tensor (N, F)
+        sparse_files/<slide>.h5  CSR codes (indptr, indices, values) + coords
+
+The inference rule is used (BatchTopK: the learned threshold) and no
+training statistic changes. Slides whose outputs exist and validate are
+skipped, so an interrupted run resumes; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from sae1n.errors import ConfigError
+from sae1n.io import atomic_write_json, feature_paths, read_bag, write_bag, write_sparse_codes
+from sae1n.sae.checkpoints import find_checkpoint, load_sae, read_run_config
+from sae1n.utils import progress, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeSummary:
+    """What :func:`save_sae_features` did."""
+
+    out_dir: Path
+    encoded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    dense_bytes: int = 0
+    sparse_bytes: int = 0
+
+
+def dataset_and_feature_set(feature_dir: str | os.PathLike) -> tuple[str, str]:
+    """``../features/camelyon16/clam_processed/features_conch_v1/`` ->
+    ``("camelyon16", "features_conch_v1")``.
+
+    The dataset is the folder after ``features`` in the path; otherwise the
+    parent (skipping a ``clam_processed`` level)."""
+    p = Path(os.path.normpath(str(feature_dir)))
+    if p.name in ("h5_files", "pt_files", "sparse_files"):
+        p = p.parent
+    feature_set = p.name
+    parts = p.parts
+    if "features" in parts[:-1]:
+        i = len(parts) - 1 - parts[::-1].index("features", 1)
+        if i + 1 < len(parts) - 1:
+            return parts[i + 1], feature_set
+    parent = p.parent
+    if parent.name in ("clam_processed", "trident_processed") and parent.parent.name:
+        parent = parent.parent
+    return (parent.name or "dataset"), feature_set
+
+
+def _outputs(base: Path, sid: str, dense: bool, sparse: bool) -> dict[str, Path]:
+    out = {}
+    if dense:
+        out["h5"] = base / "h5_files" / f"{sid}.h5"
+        out["pt"] = base / "pt_files" / f"{sid}.pt"
+    if sparse:
+        out["sparse"] = base / "sparse_files" / f"{sid}.h5"
+    return out
+
+
+def _n_rows(src: Path) -> int | None:
+    if src.suffix == ".h5":
+        try:
+            with h5py.File(src, "r") as f:
+                key = "features" if "features" in f else ("feats" if "feats" in f else None)
+                if key is not None:
+                    shp = f[key].shape
+                    return int(shp[-2] if len(shp) == 3 else shp[0])
+        except OSError:
+            return None
+    return None
+
+
+def _valid(outputs: dict[str, Path], n_src: int | None, dict_size: int) -> bool:
+    """Outputs exist and (for h5) have the expected shape; files are written
+    atomically, so an existing .pt is complete."""
+    for kind, p in outputs.items():
+        if not p.is_file() or p.stat().st_size == 0:
+            return False
+        if kind == "pt":
+            continue
+        try:
+            with h5py.File(p, "r") as f:
+                if kind == "h5":
+                    shp = f["features"].shape
+                    if shp[1] != dict_size or (n_src is not None and shp[0] != n_src):
+                        return False
+                else:
+                    if int(f.attrs.get("dict_size", -1)) != dict_size:
+                        return False
+                    if n_src is not None and f["indptr"].shape[0] != n_src + 1:
+                        return False
+        except (OSError, KeyError, IndexError):
+            return False
+    return True
+
+
+@torch.no_grad()
+def encode_features(model, features: np.ndarray, batch_size: int = 8192, device: str = "cpu"):
+    """CSR codes ``(indptr, indices, values)`` (numpy) of an (N, D) matrix."""
+    n = features.shape[0]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    idx_parts, val_parts = [], []
+    for s in range(0, n, batch_size):
+        x = torch.from_numpy(
+            np.ascontiguousarray(features[s : s + batch_size], dtype=np.float32)
+        ).to(device)
+        ptr, ind, val = model.encode_sparse(x)
+        indptr[s + 1 : s + 1 + x.shape[0]] = ptr[1:].cpu().numpy() + indptr[s]
+        idx_parts.append(ind.cpu().numpy())
+        val_parts.append(val.cpu().numpy())
+    indices = np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64)
+    values = np.concatenate(val_parts) if val_parts else np.zeros(0, dtype=np.float32)
+    return indptr, indices.astype(np.int32), values.astype(np.float32)
+
+
+def csr_to_dense(
+    indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, dict_size: int
+) -> np.ndarray:
+    """Dense (N, dict_size) float32 matrix of CSR codes."""
+    n = indptr.shape[0] - 1
+    out = np.zeros((n, dict_size), dtype=np.float32)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    out[rows, indices] = values
+    return out
+
+
+def save_sae_features(
+    exp_dir: str | os.PathLike,
+    feature_dir: str | os.PathLike | None = None,
+    *,
+    file_type: str | None = None,
+    dense: bool = True,
+    sparse: bool = True,
+    batch_size: int = 8192,
+    device: str = "auto",
+    checkpoint: str = "best",
+    out_dir: str | os.PathLike | None = None,
+) -> EncodeSummary:
+    """Encode every slide of ``feature_dir`` (default: the one the SAE was
+    trained on) with the SAE of ``exp_dir``; return what was written."""
+    if not (dense or sparse):
+        raise ConfigError("nothing to write: both the dense and the sparse outputs are disabled")
+    exp_dir = Path(exp_dir)
+    weights = find_checkpoint(exp_dir, checkpoint)
+    run_cfg = read_run_config(weights) or {}
+    if feature_dir is None:
+        feature_dir = (run_cfg.get("data") or {}).get("feature_dir")
+        if not feature_dir:
+            raise ConfigError(
+                f"{weights}: the saved config names no data.feature_dir; pass --feature_dir"
+            )
+    feature_dir = Path(feature_dir)
+    dev = resolve_device(device)
+    model = load_sae(weights, device=dev)
+    dataset, feature_set = dataset_and_feature_set(feature_dir)
+    base = (
+        Path(out_dir)
+        if out_dir is not None
+        else (exp_dir if exp_dir.is_dir() else weights.parent.parent)
+        / "encoded_features"
+        / dataset
+        / feature_set
+    )
+    paths = feature_paths(feature_dir, file_type)
+    summary = EncodeSummary(out_dir=base)
+    attrs_common = {
+        "sae_checkpoint": str(weights.resolve()),
+        "sae_model_type": model.cfg.model_type,
+    }
+    for sid, src in progress(sorted(paths.items()), desc="save-sae-features"):
+        outs = _outputs(base, sid, dense, sparse)
+        if _valid(outs, _n_rows(src), model.dict_size):
+            summary.skipped.append(sid)
+            continue
+        bag = read_bag(src, expected_dim=model.act_size, allow_empty=True)
+        indptr, indices, values = encode_features(
+            model, bag.dense(), batch_size=batch_size, device=dev
+        )
+        coords = bag.coords
+        coord_attrs = {k: v for k, v in bag.attrs.items() if _h5_attr_ok(v)}
+        if sparse:
+            write_sparse_codes(
+                outs["sparse"],
+                indptr,
+                indices,
+                values,
+                model.dict_size,
+                coords=coords,
+                attrs={**coord_attrs, **attrs_common},
+            )
+            summary.sparse_bytes += outs["sparse"].stat().st_size
+        if dense:
+            write_bag(
+                base,
+                sid,
+                csr_to_dense(indptr, indices, values, model.dict_size),
+                coords,
+                attrs=coord_attrs,
+                formats=("h5", "pt"),
+            )
+            summary.dense_bytes += outs["h5"].stat().st_size + outs["pt"].stat().st_size
+        summary.encoded.append(sid)
+    meta = {
+        "checkpoint": str(weights.resolve()),
+        "feature_dir": str(feature_dir.resolve()),
+        "dict_size": model.dict_size,
+        "model_type": model.cfg.model_type,
+        "n_slides": len(paths),
+    }
+    atomic_write_json(base / "encoding.json", meta)
+    log.info(
+        "encoded %d slides, skipped %d complete ones -> %s",
+        len(summary.encoded),
+        len(summary.skipped),
+        base,
+    )
+    return summary
+
+
+def _h5_attr_ok(v) -> bool:
+    return isinstance(v, int | float | str | bool | np.generic) or (
+        isinstance(v, list) and all(isinstance(e, int | float) for e in v)
+    )

@@ -1,0 +1,468 @@
+"""Fast, exact sparse paths for TopK / BatchTopK SAEs.
+
+A dense SAE step spends most of its time on work that a k-sparse code makes
+unnecessary: the decoder input has only k non-zeros per row, so decoding is a
+weighted gather of k decoder rows (``embedding_bag``) and the encoder weight
+gradient is only non-zero in the columns of the selected latents. This module
+gives:
+
+* selection of the active latents as a :class:`SparseCodes` (row-major CSR
+  entries), exact: the BatchTopK selection first keeps every value above a
+  cheap lower bound of the batch's k·B-th value, checks that at least k·B
+  values passed (so the true top k·B set lies inside), and lowers the bound
+  (down to the full matrix) when the check fails;
+* :func:`sparse_sae_loss`, the full TopK/BatchTopK loss (MSE + L1 + AuxK)
+  as one autograd function whose backward touches only the selected entries
+  (SDDMM for the code gradient, ``embedding_bag`` over column-grouped
+  entries for the weight gradients, small dense matmuls over the dead
+  latents for AuxK) and makes few batch-sized temporaries; its values and
+  gradients equal the dense formulation's up to float rounding.
+
+On CPU entries whose activation is not positive are dropped (they contribute
+nothing and have zero gradient); on CUDA (``sync_free``) all shapes stay
+static so no step waits for the device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# A safety factor below the last batch's k·B-th value: the next batch's value is
+# almost always above it, so one pass over the pre-activations finds the candidates.
+_HINT_MARGIN = 0.9
+
+
+# ----------------------------------------------------------------------------- threads
+
+_all_threads: int | None = None
+
+
+@contextmanager
+def few_threads(enabled: bool = True) -> Iterator[None]:
+    """Run small bookkeeping ops on one CPU thread; :func:`all_threads` blocks
+    inside get the full count back. Handing a small op to a second OpenMP
+    thread costs more than the op, and far more when other processes keep
+    that thread waiting for a core."""
+    global _all_threads
+    n = torch.get_num_threads()
+    if not enabled or n == 1:
+        yield
+        return
+    outer, _all_threads = _all_threads, n
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+        _all_threads = outer
+
+
+@contextmanager
+def all_threads() -> Iterator[None]:
+    """Inside :func:`few_threads`: use every thread for one big kernel."""
+    n = _all_threads
+    if n is None or torch.get_num_threads() == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
+
+
+@dataclass
+class SparseCodes:
+    """Selected entries of a (n_rows, n_cols) matrix in row-major order.
+
+    ``vals`` are pre-activation values (ReLU is applied by the caller).
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    vals: torch.Tensor
+    n_rows: int
+    n_cols: int
+    positive: bool = False  # every value is known to be > 0 (no ReLU zeros)
+    _crow: torch.Tensor | None = field(default=None, repr=False)
+    _col_order: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.rows.numel())
+
+    def crow(self) -> torch.Tensor:
+        """CSR row pointer (n_rows + 1,)."""
+        if self._crow is None:
+            self._crow = _pointer(self.rows, self.n_rows)
+        return self._crow
+
+    def col_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(permutation grouping entries by column, column pointer (n_cols + 1,))."""
+        if self._col_order is None:
+            perm = _stable_argsort_small_ints(self.cols, self.n_cols)
+            self._col_order = (perm, _pointer(self.cols.index_select(0, perm), self.n_cols))
+        return self._col_order
+
+    def to_csr(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """A torch sparse CSR tensor with ``values`` (default ``vals``)."""
+        v = self.vals if values is None else values
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                self.crow(), self.cols, v, (self.n_rows, self.n_cols), check_invariants=False
+            )
+
+    @staticmethod
+    def empty(n_rows: int, n_cols: int, like: torch.Tensor) -> SparseCodes:
+        z = torch.zeros(0, dtype=torch.int64, device=like.device)
+        return SparseCodes(
+            z, z.clone(), torch.zeros(0, dtype=like.dtype, device=like.device), n_rows, n_cols
+        )
+
+    @staticmethod
+    def from_flat(flat: torch.Tensor, pre: torch.Tensor, *, sort: bool = True) -> SparseCodes:
+        """Entries given as flat indices into ``pre`` (B, F)."""
+        n_rows, n_cols = pre.shape
+        if sort:
+            flat = torch.sort(flat).values
+        vals = pre.reshape(-1).index_select(0, flat)
+        return SparseCodes(flat // n_cols, flat % n_cols, vals, n_rows, n_cols)
+
+    @staticmethod
+    def cat(a: SparseCodes, b: SparseCodes) -> SparseCodes:
+        """Concatenate two entry lists of the same matrix (order: a then b)."""
+        return SparseCodes(
+            torch.cat([a.rows, b.rows]),
+            torch.cat([a.cols, b.cols]),
+            torch.cat([a.vals, b.vals]),
+            a.n_rows,
+            a.n_cols,
+        )
+
+
+def _pointer(sorted_keys: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR-style pointer (n + 1,) of sorted integer keys in [0, n) (no device sync)."""
+    bounds = torch.arange(n + 1, dtype=sorted_keys.dtype, device=sorted_keys.device)
+    return torch.searchsorted(sorted_keys, bounds)
+
+
+def _stable_argsort_small_ints(keys: torch.Tensor, bound: int) -> torch.Tensor:
+    """Stable argsort of integers in [0, bound)."""
+    if keys.device.type == "cpu" and bound <= np.iinfo(np.int16).max:
+        # NumPy's stable sort of 16-bit integers is a radix sort: several times faster here
+        order = np.argsort(keys.numpy().astype(np.int16), kind="stable")
+        return torch.from_numpy(order.astype(np.int64, copy=False))
+    return torch.argsort(keys, stable=True)
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+@torch.no_grad()
+def batch_topk_codes(
+    pre: torch.Tensor, k_total: int, hint: float | None = None, *, sync_free: bool = False
+) -> tuple[SparseCodes, float | None]:
+    """The ``k_total`` largest entries of ``pre`` over the whole batch (exact).
+
+    Returns the codes (positive entries only unless ``sync_free``) and a hint
+    for the next call. ``hint`` is a lower bound guess of the k_total-th value;
+    it only affects speed, never the result.
+    """
+    n = pre.numel()
+    k_total = min(int(k_total), n)
+    flat_pre = pre.reshape(-1)
+    if sync_free:
+        idx = torch.topk(flat_pre, k_total, sorted=False).indices
+        return SparseCodes.from_flat(idx, pre), None
+    if k_total == 0:
+        return SparseCodes.empty(*pre.shape, like=pre), hint
+    bound = hint if hint is not None and math.isfinite(hint) and hint > 0 else None
+    mask = torch.empty(pre.shape, dtype=torch.bool, device=pre.device)
+    retries = 1
+    while True:
+        with all_threads():
+            torch.gt(pre, 0.0 if bound is None else bound, out=mask)
+            cand = mask.reshape(-1).nonzero().squeeze(1)  # row-major order
+        count = int(cand.numel())
+        if count >= k_total or bound is None:
+            break
+        # check failed: fewer than k_total values above the bound; lower it
+        # once, then fall back to every positive value
+        bound, retries = (bound * 0.5 if retries else None), retries - 1
+    cand_vals = flat_pre.index_select(0, cand)
+    if count > k_total:
+        kth = torch.topk(cand_vals, k_total, sorted=False).values.min()
+        keep = (cand_vals >= kth).nonzero().squeeze(1)
+        if keep.numel() != k_total:  # ties at the k-th value: pick exactly k_total
+            keep = torch.sort(torch.topk(cand_vals, k_total, sorted=False).indices).values
+        cand, cand_vals = cand.index_select(0, keep), cand_vals.index_select(0, keep)
+        kth = float(kth)
+    else:  # at most k_total positive values: all of them are selected (the rest are ReLU zeros)
+        kth = float(cand_vals.min()) if count else 0.0
+    codes = SparseCodes(
+        cand // pre.shape[1],
+        cand % pre.shape[1],
+        cand_vals,
+        pre.shape[0],
+        pre.shape[1],
+        positive=True,
+    )
+    return codes, (kth * _HINT_MARGIN if kth > 0 else None)
+
+
+@torch.no_grad()
+def row_topk_codes(pre: torch.Tensor, k: int, *, sync_free: bool = False) -> SparseCodes:
+    """The ``k`` largest entries of every row (TopK SAE)."""
+    n_rows, n_cols = pre.shape
+    k = min(int(k), n_cols)
+    idx = torch.topk(pre, k, dim=1, sorted=False).indices
+    flat = (idx + torch.arange(n_rows, device=pre.device).unsqueeze(1) * n_cols).reshape(-1)
+    codes = SparseCodes.from_flat(flat, pre)
+    return codes if sync_free else positive_only(codes)
+
+
+@torch.no_grad()
+def threshold_codes(pre: torch.Tensor, threshold: torch.Tensor | float) -> SparseCodes:
+    """Entries with ``pre > max(threshold, 0)``; ``threshold`` may be a scalar
+    or per-column (F,)."""
+    if isinstance(threshold, torch.Tensor):
+        thr = threshold.clamp(min=0)
+        thr = thr if thr.ndim == 0 else thr.unsqueeze(0)
+    else:
+        thr = max(float(threshold), 0.0)
+    with all_threads():
+        flat = (pre > thr).reshape(-1).nonzero().squeeze(1)
+    codes = SparseCodes.from_flat(flat, pre, sort=False)
+    codes.positive = True
+    return codes
+
+
+def positive_only(codes: SparseCodes) -> SparseCodes:
+    """Drop entries whose value is not positive (ReLU zeros)."""
+    if codes.positive:
+        return codes
+    keep = codes.vals > 0
+    if bool(keep.all()):
+        codes.positive = True
+        return codes
+    idx = keep.nonzero().squeeze(1)
+    return SparseCodes(
+        codes.rows[idx], codes.cols[idx], codes.vals[idx], codes.n_rows, codes.n_cols, positive=True
+    )
+
+
+# ----------------------------------------------------------------------------- the fused loss
+
+
+def _embedding_bag_sum(indices, weight, ptr, psw):
+    return F.embedding_bag(
+        indices, weight, ptr, mode="sum", per_sample_weights=psw, include_last_offset=True
+    )
+
+
+def sddmm(codes: SparseCodes, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a @ b.T)[rows, cols]`` for the entries of ``codes`` without forming a @ b.T."""
+    if codes.nnz == 0:
+        return torch.zeros(0, dtype=a.dtype, device=a.device)
+    mask = codes.to_csr(torch.zeros(codes.nnz, dtype=a.dtype, device=a.device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse.sampled_addmm(mask, a, b.t(), beta=0.0).values()
+
+
+def _sum_of_squares(m: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of a (B, D) matrix in one pass, without a temporary
+    (row norms keep the float32 rounding error far below a flat dot's)."""
+    return torch.linalg.vector_norm(m, dim=1).square().sum()
+
+
+@dataclass
+class _LossPlan:
+    """Non-differentiable inputs of :class:`_SparseTopKLosses`."""
+
+    x_in: torch.Tensor
+    x_cent: torch.Tensor
+    codes: SparseCodes
+    top_k_aux: int
+    aux_penalty: float
+    aux_cols: torch.Tensor | None = None  # dead latents (CPU path)
+    aux_mask: torch.Tensor | None = None  # (F,) dead mask over all latents (sync-free path)
+    diff: torch.Tensor | None = None  # set by forward: x_rec - x_in (overwritten by backward)
+    acts: torch.Tensor | None = None  # set by forward: ReLU of the selected values
+
+    @property
+    def has_aux(self) -> bool:
+        return self.aux_cols is not None or self.aux_mask is not None
+
+
+class _SparseTopKLosses(torch.autograd.Function):
+    """(MSE, mean L1 norm, AuxK) of a TopK/BatchTopK SAE from its selected
+    entries, with a hand-written backward that touches only those entries
+    (and the dead latents' columns for AuxK).
+
+    MSE = mean((x_rec - x)^2) with x_rec = sum_j acts_j W_dec[j] + b_dec;
+    AuxK = aux_penalty * mean((x_aux - (x - x_rec))^2), x_aux from the top
+    ``top_k_aux`` dead-latent activations per row (the residual is not
+    detached, as in the paper).
+    """
+
+    @staticmethod
+    def forward(ctx, W_enc, b_enc, b_dec, W_dec, plan: _LossPlan):
+        x_in, x_cent, codes = plan.x_in, plan.x_cent, plan.codes
+        n, batch = x_in.numel(), x_in.shape[0]
+        acts = codes.vals if codes.positive else codes.vals.clamp(min=0)
+        plan.acts = acts
+        crow = codes.crow()
+        with all_threads():
+            diff = _embedding_bag_sum(codes.cols, W_dec, crow, acts)
+        diff.sub_(x_cent)  # x_rec - x_in = decoded - (x_in - b_dec)
+        l2 = _sum_of_squares(diff) / n
+        l1_norm = acts.sum() / batch
+        aux = torch.zeros((), dtype=x_in.dtype, device=x_in.device)
+        err = acts_aux = w_dec_aux = None
+        if plan.has_aux:
+            if plan.aux_cols is not None:
+                w_enc_aux = W_enc.index_select(1, plan.aux_cols)
+                w_dec_aux = W_dec.index_select(0, plan.aux_cols)
+                b_aux = None if b_enc is None else b_enc.index_select(0, plan.aux_cols)
+            else:
+                w_enc_aux, w_dec_aux, b_aux = W_enc, W_dec, b_enc
+            with all_threads():
+                pre = x_cent @ w_enc_aux if b_aux is None else torch.addmm(b_aux, x_cent, w_enc_aux)
+            if plan.aux_mask is not None:
+                pre.masked_fill_(~plan.aux_mask.unsqueeze(0), float("-inf"))
+            k = min(plan.top_k_aux, pre.shape[1])
+            if k < pre.shape[1] or plan.aux_mask is not None:
+                top = torch.topk(pre, k, dim=1, sorted=False)
+                acts_aux = torch.zeros_like(pre).scatter_(1, top.indices, top.values.clamp_(min=0))
+            else:
+                acts_aux = pre.clamp_(min=0)
+            with all_threads():
+                err = torch.addmm(diff, acts_aux, w_dec_aux)  # x_aux - residual
+            aux = plan.aux_penalty * _sum_of_squares(err) / n
+            if plan.aux_mask is not None:  # nothing dead: the paper adds no AuxK term
+                aux = aux * plan.aux_mask.any().to(aux.dtype)
+        plan.diff = diff
+        ctx.plan = plan
+        ctx.has_b_enc = b_enc is not None
+        ctx.save_for_backward(W_enc, W_dec, acts, diff, err, acts_aux, w_dec_aux)
+        return l2, l1_norm, aux
+
+    @staticmethod
+    def backward(ctx, g_l2, g_l1, g_aux):
+        with few_threads(enabled=not g_l2.is_cuda):
+            return _SparseTopKLosses._backward(ctx, g_l2, g_l1, g_aux)
+
+    @staticmethod
+    def _backward(ctx, g_l2, g_l1, g_aux):
+        W_enc, W_dec, acts, diff, err, acts_aux, w_dec_aux = ctx.saved_tensors
+        plan: _LossPlan = ctx.plan
+        codes, x_cent = plan.codes, plan.x_cent
+        n, batch = diff.numel(), diff.shape[0]
+        grad_rec = diff.mul_(2.0 * g_l2 / n)  # d loss / d x_rec (diff is not needed any more)
+        g_err = None
+        if err is not None:
+            scale = 2.0 * plan.aux_penalty * g_aux / n
+            if plan.aux_mask is not None:
+                scale = scale * plan.aux_mask.any().to(scale.dtype)
+            g_err = err.mul_(scale)  # err is not needed any more
+            grad_rec.add_(g_err)
+        g_acts = sddmm(codes, grad_rec, W_dec)  # serial: its bookkeeping copies outweigh the dots
+        if g_l1.is_cuda or float(g_l1) != 0.0:  # the paper's default l1_coeff is 0
+            g_acts.add_(g_l1 / batch)
+        if not codes.positive:
+            g_acts.mul_(acts > 0)
+        perm, ptr = codes.col_order()
+        rows_by_col = codes.rows.index_select(0, perm)
+        acts_by_col, g_by_col = acts.index_select(0, perm), g_acts.index_select(0, perm)
+        with all_threads():
+            g_w_dec = _embedding_bag_sum(rows_by_col, grad_rec, ptr, acts_by_col)
+            g_w_enc_t = _embedding_bag_sum(rows_by_col, x_cent, ptr, g_by_col)
+        col_sum = torch.zeros(W_dec.shape[0], dtype=g_acts.dtype, device=g_acts.device).index_add_(
+            0, codes.cols, g_acts
+        )
+        g_b_dec = torch.mv(
+            grad_rec.t(), torch.ones(batch, dtype=grad_rec.dtype, device=grad_rec.device)
+        )
+        if err is not None:
+            ones = torch.ones(batch, dtype=g_err.dtype, device=g_err.device)
+            with all_threads():
+                g_pre_aux = (g_err @ w_dec_aux.t()).mul_(acts_aux > 0)
+                g_dec_aux = acts_aux.t() @ g_err
+                g_enc_aux = g_pre_aux.t() @ x_cent
+            if plan.aux_cols is not None:
+                g_w_dec.index_add_(0, plan.aux_cols, g_dec_aux)
+                g_w_enc_t.index_add_(0, plan.aux_cols, g_enc_aux)
+                col_sum.index_add_(0, plan.aux_cols, torch.mv(g_pre_aux.t(), ones))
+            else:
+                g_w_dec.add_(g_dec_aux)
+                g_w_enc_t.add_(g_enc_aux)
+                col_sum.add_(torch.mv(g_pre_aux.t(), ones))
+        g_b_dec.sub_(W_enc @ col_sum)
+        g_b_enc = col_sum if ctx.has_b_enc else None
+        return g_w_enc_t.t(), g_b_enc, g_b_dec, g_w_dec, None
+
+
+def sparse_sae_loss(model, x: torch.Tensor, *, sync_free: bool | None = None) -> dict:
+    """TopK/BatchTopK loss with the sparse kernels; same values and gradients
+    as ``model.forward_dense`` (up to float rounding). Updates the model's
+    dead-latent counters / threshold when its mode allows it.
+
+    ``sync_free`` (default: on CUDA) keeps every shape static."""
+    sync_free = x.is_cuda if sync_free is None else sync_free
+    with few_threads(enabled=not x.is_cuda):
+        return _sparse_sae_loss(model, x, sync_free)
+
+
+def _sparse_sae_loss(model, x: torch.Tensor, sync_free: bool) -> dict:
+    cfg = model.cfg
+    x_in, x_mean, x_std = model.preprocess_input(x)
+    with torch.no_grad():
+        x_cent = x_in - model.b_dec
+        pre = model.encoder_preacts(x_cent, workspace=True)
+        codes = model.select_codes(pre, sync_free=sync_free)
+        if model.stats_update_enabled:
+            model.update_stats(codes.cols, codes.vals, positive=codes.positive)
+        plan = _LossPlan(x_in, x_cent, codes, cfg.top_k_aux, cfg.aux_penalty)
+        if cfg.aux_penalty > 0 and cfg.top_k_aux > 0:
+            dead = model.num_batches_not_active >= cfg.n_batches_to_dead
+            if sync_free:
+                plan.aux_mask = dead
+            else:
+                idx = dead.nonzero().squeeze(1)
+                plan.aux_cols = idx if idx.numel() else None
+    b_enc = model.b_enc if model.uses_b_enc else None
+    l2_loss, l1_norm, aux_loss = _SparseTopKLosses.apply(
+        model.W_enc, b_enc, model.b_dec, model.W_dec, plan
+    )
+    l1_loss = cfg.l1_coeff * l1_norm
+    batch = x.shape[0]
+    acts = plan.acts
+    l0 = (
+        torch.tensor(codes.nnz / batch, dtype=x_in.dtype)
+        if codes.positive
+        else (acts > 0).sum().to(x_in.dtype) / batch
+    )
+    return {
+        "loss": l2_loss + l1_loss + aux_loss,
+        "l2_loss": l2_loss,
+        "l1_loss": l1_loss,
+        "aux_loss": aux_loss,
+        "l0_norm": l0,
+        "l1_norm": l1_norm,
+        "num_dead_features": (model.num_batches_not_active > cfg.n_batches_to_dead).sum(),
+        "x_in": x_in,
+        "x_mean": x_mean,
+        "x_std": x_std,
+        "codes": codes,
+        "acts": acts,
+    }

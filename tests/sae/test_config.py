@@ -1,0 +1,110 @@
+"""Shipped SAE configs: the paper's key names and defaults, overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from sae1n.configs import available_experiments, load_experiment
+from sae1n.errors import ConfigError
+from sae1n.sae.config import resume_fingerprint
+from sae1n.sae.models import SAEConfig
+
+
+def test_paper_defaults_and_key_names():
+    cfg = load_experiment("sae", "camelyon16_conch_0")
+    assert cfg.seed == 42
+    assert cfg.data.feature_dir == "../features/camelyon16/clam_processed/features_conch_v1/"
+    assert cfg.data.file_type == "pt"
+    assert cfg.data.split_csv_path == "./splits/camelyon16_42/splits_0.csv"
+    s = cfg.sae
+    assert (
+        s.model_type,
+        s.act_size,
+        s.dict_size_ratio,
+        s.top_k,
+        s.top_k_aux,
+        s.n_batches_to_dead,
+        s.l1_coeff,
+    ) == ("BatchTopKSAE", 512, 4, 16, 512, 5, 0)
+    assert s.aux_penalty == pytest.approx(1 / 32) and s.device == "auto"
+    assert not s.paper_compat_no_b_enc and not s.paper_compat_update_in_eval
+    t = cfg.training
+    assert (
+        t.num_epochs,
+        t.batch_size,
+        t.lr,
+        t.beta1,
+        t.beta2,
+        t.max_grad_norm,
+        t.validation_freq,
+    ) == (100, 4096, 1e-3, 0.9, 0.99, 100000, 500)
+    assert SAEConfig.from_mapping(s).dict_size == 2048
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_camelyon16_folds(i):
+    assert load_experiment("sae", f"camelyon16_conch_{i}").data.split_csv_path.endswith(
+        f"splits_{i}.csv"
+    )
+
+
+def test_other_shipped_configs():
+    names = set(available_experiments("sae"))
+    assert {
+        "camelyon16_conch_0",
+        "panda_conch_0",
+        "camelyon16_resnet50_0",
+        "camelyon16_uni_0",
+        "demo",
+    } <= names
+    assert "_base" not in names
+    panda = load_experiment("sae", "panda_conch_0")
+    assert "panda" in panda.data.feature_dir and panda.data.split_csv_path.endswith(
+        "panda_42/splits_0.csv"
+    )
+    sizes = {
+        n: SAEConfig.from_mapping(
+            {
+                **load_experiment("sae", n).sae,
+                "act_size": load_experiment("sae", n).sae.act_size or 8,
+            }
+        )
+        for n in ("camelyon16_resnet50_0", "camelyon16_uni_0")
+    }
+    assert (
+        sizes["camelyon16_resnet50_0"].act_size,
+        sizes["camelyon16_resnet50_0"].dict_size,
+        sizes["camelyon16_resnet50_0"].top_k,
+    ) == (1024, 2048, 32)
+    assert (
+        sizes["camelyon16_uni_0"].act_size,
+        sizes["camelyon16_uni_0"].dict_size,
+        sizes["camelyon16_uni_0"].top_k,
+    ) == (1024, 4096, 32)
+
+
+def test_paper_style_overrides():
+    cfg = load_experiment(
+        "sae",
+        "camelyon16_conch_0",
+        ["sae.top_k=32", "training.lr=3e-4", "sae.device=cuda:0", "data.file_type=h5"],
+    )
+    assert (cfg.sae.top_k, cfg.training.lr, cfg.sae.device, cfg.data.file_type) == (
+        32,
+        3e-4,
+        "cuda:0",
+        "h5",
+    )
+    with pytest.raises(ConfigError):
+        load_experiment("sae", "camelyon16_conch_0", ["sae.topk=32"])
+
+
+def test_resume_fingerprint_ignores_logging_but_not_model():
+    base = load_experiment("sae", "camelyon16_conch_0")
+    same = load_experiment(
+        "sae",
+        "camelyon16_conch_0",
+        ["training.validation_freq=7", "training.num_epochs=200", "sae.device=cpu"],
+    )
+    other = load_experiment("sae", "camelyon16_conch_0", ["sae.top_k=8"])
+    assert resume_fingerprint(base) == resume_fingerprint(same) != resume_fingerprint(other)
