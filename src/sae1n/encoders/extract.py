@@ -1,0 +1,387 @@
+"""``extract-features``: encode every patch of every slide into CLAM folders.
+
+For each slide, ``<data_h5_dir>/patches/<slide>.h5`` gives the coordinates;
+patches are read in region batches by DataLoader workers
+(:mod:`sae1n.encoders.patches`), encoded under ``inference_mode`` (autocast
+on GPU) and written with :func:`sae1n.io.write_bag` to
+``<feat_dir>/h5_files/<slide>.h5`` and ``<feat_dir>/pt_files/<slide>.pt``
+(coords and their attributes copied). Outputs that exist and validate are
+skipped; a slide that fails is recorded with its reason and the batch goes
+on; ``<feat_dir>/extraction_status.csv`` lists every slide's outcome.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sae1n.encoders.patches import (
+    PatchBatchDataset,
+    RegionReadError,
+    choose_backend,
+    plan_batches,
+    read_geometry,
+    read_patch_coords,
+)
+from sae1n.errors import ConfigError, InputFileError, Sae1nError
+from sae1n.io import atomic_write_csv, atomic_write_json, read_bag, write_bag
+from sae1n.utils import progress
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "extraction_status.csv"
+INFO_FILE = "extraction_info.json"
+
+
+@dataclass
+class SlideResult:
+    """Outcome of one slide: ``extracted``, ``skipped`` (valid output
+    existed), ``empty`` (no patches: a (0, D) file), ``no_patches`` (the
+    patching step recorded none) or ``failed``."""
+
+    slide_id: str
+    status: str
+    n_patches: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class ExtractionSummary:
+    feat_dir: Path
+    encoder: str
+    dim: int
+    results: list[SlideResult] = field(default_factory=list)
+    status_csv: Path | None = None
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[SlideResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def patches_per_second(self) -> float:
+        done = [r for r in self.results if r.status == "extracted"]
+        secs = sum(r.seconds for r in done)
+        return sum(r.n_patches for r in done) / secs if secs > 0 else 0.0
+
+
+def patch_dir(data_h5_dir: str | os.PathLike) -> Path:
+    """``<data_h5_dir>/patches`` (CLAM layout), or ``data_h5_dir`` itself
+    when it directly holds the patch ``.h5`` files."""
+    root = Path(data_h5_dir)
+    if (root / "patches").is_dir():
+        return root / "patches"
+    if root.is_dir() and any(root.glob("*.h5")):
+        return root
+    raise InputFileError(
+        root,
+        "no patches/ folder with patch .h5 files",
+        "pass the --save_dir of `sae1n create-patches` (it holds patches/<slide>.h5)",
+    )
+
+
+def list_slides(
+    data_h5_dir: str | os.PathLike,
+    csv_path: str | os.PathLike | None = None,
+    slide_ext: str = ".svs",
+) -> list[tuple[str, str]]:
+    """(slide id, create-patches status or '') in processing order: the CSV's
+    ``slide_id`` column (CLAM process list or metadata CSV; extensions
+    stripped) or every patch file, sorted."""
+    from sae1n.wsi.slide import SLIDE_EXTENSIONS
+
+    if csv_path is None:
+        found = sorted(
+            p.stem for p in patch_dir(data_h5_dir).glob("*.h5") if not p.name.startswith(".")
+        )
+        return [(s, "") for s in found]
+    import pandas as pd
+
+    csv_path = Path(csv_path)
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise InputFileError(
+            csv_path,
+            f"cannot be read as CSV ({exc})",
+            "pass CLAM's process_list_autogen.csv or a CSV with a slide_id column",
+        ) from exc
+    if "slide_id" not in df.columns:
+        raise InputFileError(
+            csv_path,
+            f"has no 'slide_id' column (columns: {list(df.columns)})",
+            "pass CLAM's process_list_autogen.csv or a CSV with a slide_id column",
+        )
+    statuses = df["status"] if "status" in df.columns else [""] * len(df)
+    out, seen = [], set()
+    for raw, status in zip(df["slide_id"], statuses):
+        sid = raw.strip()
+        if not sid:
+            continue
+        if slide_ext and sid.lower().endswith(slide_ext.lower()):
+            sid = sid[: -len(slide_ext)]
+        elif Path(sid).suffix.lower() in SLIDE_EXTENSIONS:
+            sid = Path(sid).stem
+        if sid not in seen:
+            seen.add(sid)
+            out.append((sid, str(status).strip()))
+    return out
+
+
+def extract_features(
+    data_h5_dir: str | os.PathLike,
+    data_slide_dir: str | os.PathLike,
+    feat_dir: str | os.PathLike,
+    model_name: str = "resnet50_trunc",
+    csv_path: str | os.PathLike | None = None,
+    slide_ext: str = ".svs",
+    batch_size: int = 256,
+    checkpoint: str | os.PathLike | None = None,
+    auto_skip: bool = True,
+    num_workers: int | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    target_patch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
+    encoder=None,
+    max_region: int = 2048,
+) -> ExtractionSummary:
+    """Extract features for every slide listed in ``csv_path`` (or every
+    patch file in ``<data_h5_dir>/patches``) with the registry encoder
+    ``model_name``; see the module doc. ``target_patch_size`` overrides the
+    encoder's input size; ``shard=(rank, world_size)`` processes
+    ``sorted(slides)[rank::world_size]``; ``encoder`` reuses an already built
+    :class:`~sae1n.encoders.base.Encoder`. Returns an
+    :class:`ExtractionSummary`."""
+    from sae1n.encoders.registry import get_encoder
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch_size must be at least 1, got {batch_size}")
+    slide_dir = Path(data_slide_dir)
+    if not slide_dir.is_dir():
+        raise InputFileError(
+            slide_dir,
+            "slide folder does not exist",
+            "pass the folder holding the slides with --data_slide_dir",
+        )
+    slides = list_slides(data_h5_dir, csv_path, slide_ext)
+    pdir = patch_dir(data_h5_dir)
+    if not slides:
+        raise InputFileError(
+            csv_path or pdir, "lists no slides", "check --csv_path / --data_h5_dir"
+        )
+    status_name = STATUS_FILE
+    if shard is not None:
+        rank, world = (int(v) for v in shard)
+        if world < 1 or not 0 <= rank < world:
+            raise ConfigError(
+                f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}"
+            )
+        slides = sorted(slides)[rank::world]
+        if world > 1:
+            status_name = f"extraction_status.rank{rank}-of-{world}.csv"
+    if encoder is None:
+        encoder = get_encoder(
+            model_name, checkpoint=checkpoint, device=device, input_size=target_patch_size
+        )
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    feat_dir = Path(feat_dir)
+    feat_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        feat_dir / INFO_FILE,
+        {
+            "encoder": encoder.name,
+            "dim": encoder.dim,
+            "input_size": encoder.input_size,
+            "weights": None if encoder.weights is None else str(encoder.weights),
+        },
+    )
+    summary = ExtractionSummary(
+        feat_dir=feat_dir, encoder=encoder.name, dim=encoder.dim, status_csv=feat_dir / status_name
+    )
+    t_start, last_write = time.perf_counter(), time.perf_counter()
+    try:
+        for sid, patch_status in progress(slides, desc="slides", total=len(slides), leave=True):
+            t0 = time.perf_counter()
+            try:
+                res = _extract_one(
+                    encoder,
+                    sid,
+                    patch_status,
+                    pdir,
+                    slide_dir,
+                    slide_ext,
+                    feat_dir,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    backend=backend,
+                    auto_skip=auto_skip,
+                    max_region=max_region,
+                )
+            except Exception as exc:  # one slide's failure never stops the batch
+                reason = (
+                    str(exc)
+                    if isinstance(exc, Sae1nError | RegionReadError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                log.warning("slide %s failed: %s", sid, reason)
+                log.debug("slide %s traceback", sid, exc_info=True)
+                res = SlideResult(sid, "failed", reason=reason)
+            res.seconds = time.perf_counter() - t0
+            summary.results.append(res)
+            if time.perf_counter() - last_write > 5:
+                _write_status(summary)
+                last_write = time.perf_counter()
+    finally:
+        summary.seconds = time.perf_counter() - t_start
+        _write_status(summary)
+    return summary
+
+
+def _write_status(summary: ExtractionSummary) -> None:
+    import pandas as pd
+
+    rows = [asdict(r) for r in summary.results]
+    atomic_write_csv(
+        summary.status_csv,
+        pd.DataFrame(rows, columns=["slide_id", "status", "n_patches", "seconds", "reason"]),
+    )
+
+
+def _extract_one(
+    encoder,
+    sid,
+    patch_status,
+    pdir,
+    slide_dir,
+    slide_ext,
+    feat_dir,
+    *,
+    batch_size,
+    num_workers,
+    backend,
+    auto_skip,
+    max_region,
+) -> SlideResult:
+    patch_path = pdir / f"{sid}.h5"
+    if not patch_path.is_file() and patch_status and patch_status != "processed":
+        return SlideResult(
+            sid, "no_patches", reason=f"create-patches status {patch_status!r}, no patch file"
+        )
+    pc = read_patch_coords(patch_path)
+    n = len(pc.coords)
+    if auto_skip and outputs_valid(feat_dir, sid, pc.coords, encoder.dim):
+        return SlideResult(sid, "skipped", n_patches=n)
+    attrs = {**pc.attrs, "encoder": encoder.name, "encoder_dim": encoder.dim}
+    if n == 0:
+        log.warning(
+            "slide %s has no patches: writing an empty (0, %d) feature file", sid, encoder.dim
+        )
+        write_bag(feat_dir, sid, np.zeros((0, encoder.dim), np.float32), pc.coords, attrs)
+        return SlideResult(sid, "empty", reason="patch file has no coordinates")
+    slide_path = find_slide(slide_dir, sid, slide_ext)
+    feats = encode_slide(
+        encoder,
+        pc,
+        slide_path,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        backend=backend,
+        max_region=max_region,
+    )
+    write_bag(feat_dir, sid, feats, pc.coords, attrs)
+    return SlideResult(sid, "extracted", n_patches=n)
+
+
+def find_slide(slide_dir: Path, sid: str, slide_ext: str) -> Path:
+    """``<slide_dir>/<sid><slide_ext>``, with a hint when it is missing."""
+    path = slide_dir / f"{sid}{slide_ext}"
+    if path.is_file():
+        return path
+    others = sorted(p.name for p in slide_dir.glob(f"{glob.escape(sid)}.*"))
+    hint = (
+        f"found {', '.join(others)}: set --slide_ext accordingly"
+        if others
+        else "check --data_slide_dir and --slide_ext"
+    )
+    raise InputFileError(path, "slide file not found", hint)
+
+
+def outputs_valid(feat_dir: str | os.PathLike, sid: str, coords: np.ndarray, dim: int) -> bool:
+    """True when both ``h5_files/<sid>.h5`` and ``pt_files/<sid>.pt`` exist,
+    read back, have ``dim`` columns and one row per coordinate of ``coords``."""
+    feat_dir = Path(feat_dir)
+    h5, pt = feat_dir / "h5_files" / f"{sid}.h5", feat_dir / "pt_files" / f"{sid}.pt"
+    if not (h5.is_file() and pt.is_file()):
+        return False
+    try:
+        bag = read_bag(h5, expected_dim=dim, allow_empty=True)
+        tensor = read_bag(pt, expected_dim=dim, allow_empty=True)
+    except InputFileError as exc:
+        log.info("re-extracting %s: %s", sid, exc)
+        return False
+    same = bag.coords is not None and np.array_equal(bag.coords, coords) and tensor.n == len(coords)
+    if not same:
+        log.info("re-extracting %s: existing features do not match its patch file", sid)
+    return same
+
+
+def encode_slide(
+    encoder,
+    pc,
+    slide_path: str | os.PathLike,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    backend: str = "auto",
+    max_region: int = 2048,
+) -> np.ndarray:
+    """(N, dim) float32 features of one slide's patches, in patch-file order."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from sae1n.wsi.slide import open_slide
+
+    with open_slide(slide_path, backend=backend) as slide:
+        geom = read_geometry(pc, slide.level_downsamples)
+    backend = choose_backend(slide_path, backend, pc.coords, geom.downsample)
+    batches = plan_batches(pc.coords, geom, batch_size, max_region=max_region)
+    # on the CPU the workers transform; on a GPU the device does (cheaper there)
+    on_cpu = encoder.device.type == "cpu"
+    dataset = PatchBatchDataset(
+        slide_path, geom, batches, backend=backend, transform=encoder.transform if on_cpu else None
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=encoder.device.type == "cuda",
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+    n = len(pc.coords)
+    bar = progress(total=n, desc=pc.slide_id, unit="patch")
+    try:
+        with torch.inference_mode():
+            out = torch.empty((n, encoder.dim), dtype=torch.float32, device=encoder.device)
+            for item in loader:
+                if item["error"]:
+                    raise RegionReadError(f"{slide_path}: {item['error']}")
+                idx = item["indices"].to(encoder.device, non_blocking=True)
+                out[idx] = encoder.encode(item["patches"], preprocessed=on_cpu)
+                bar.update(len(idx))
+        return out.cpu().numpy()
+    finally:
+        bar.close()
+        dataset.close()
