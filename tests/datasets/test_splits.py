@@ -132,9 +132,11 @@ def test_invalid_split_input_is_a_clear_error(tmp_path):
 
 def test_read_split_rejects_bad_files(tmp_path):
     path = tmp_path / "s.csv"
-    path.write_text("train,val\na,b\n")
-    with pytest.raises(InputFileError, match="missing column"):
+    path.write_text("slides,val\na,b\n")
+    with pytest.raises(InputFileError, match="missing column 'train'"):
         read_split(path)
+    path.write_text("train,val\na,b\n")
+    assert read_split(path) == {"train": ["a"], "val": ["b"], "test": []}
     path.write_text("train,val,test\na,b,a\n")
     with pytest.raises(InputFileError, match="slide a is in both train and test"):
         read_split(path)

@@ -21,7 +21,7 @@ def test_read_split_clam_format_with_and_without_index(tmp_path):
         path = write_splits(tmp_path / str(index_col), splits, index_col=index_col)
         assert read_split(path) == splits
     overlap = write_splits(tmp_path / "o", {"train": ["a"], "val": ["a"], "test": []})
-    with pytest.raises(InputFileError, match="'a' is in both train and val"):
+    with pytest.raises(InputFileError, match="slide a is in both train and val"):
         read_split(overlap)
     with pytest.raises(InputFileError, match="create-splits"):
         read_split(tmp_path / "nope.csv")

@@ -207,7 +207,7 @@ def test_input_errors(tmp_path):
             {s: coh.codes[s] for s in coh.split["test"]},
             {s: coh.slides[s] for s in coh.split["test"]},
         )
-    with pytest.raises(InputFileError, match="split CSV not found"):
+    with pytest.raises(InputFileError, match="split file not found"):
         analyze_sae("e", tmp_path / "nope.csv", coh.enc_dir, coh.dataset_csv, out)
     nan_codes = {s: coh.codes[s].copy() for s in coh.split["train"][1:]}
     next(iter(nan_codes.values()))[0, 0] = np.nan

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.sae.checkpoints import load_sae
 from sae1n.sae.config import expand_sweep, load_sae_config
-from sae1n.sae.train import batch_rows, epoch_permutation, read_split_ids, train_sae
+from sae1n.sae.train import batch_rows, epoch_permutation, train_sae
 
 from .conftest import N_ATOMS, make_planted, small_config
 
@@ -172,12 +172,10 @@ def test_missing_slides_and_bad_split(planted, tmp_path):
         )
     )
     assert (exp / "checkpoints" / "sae_final.safetensors").is_file()
-    bad = tmp_path / "bad.csv"
-    bad.write_text("a,b\n1,2\n")
-    with pytest.raises(InputFileError, match="no 'train' column"):
-        read_split_ids(bad)
-    with pytest.raises(InputFileError, match="not found"):
-        read_split_ids(tmp_path / "nope.csv")
+    with pytest.raises(InputFileError, match="split file not found"):
+        train_sae(
+            small_config(planted, tmp_path, **{"data.split_csv_path": str(tmp_path / "nope.csv")})
+        )
 
 
 def test_nan_features_are_reported_with_the_file(tmp_path):

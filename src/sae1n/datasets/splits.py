@@ -186,11 +186,39 @@ def write_split(
     return path
 
 
+_SLIDE_SUFFIXES = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".png",
+    ".jpg",
+    ".h5",
+    ".pt",
+)
+
+
+def slide_id_of(entry) -> str:
+    """Slide id from a split/metadata entry: the name without a slide or feature
+    file extension. Only known extensions are removed, so ids with dots (TCGA) survive."""
+    name = Path(str(entry).strip()).name
+    low = name.lower()
+    for suffix in _SLIDE_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def read_split(split_csv: str | os.PathLike) -> dict[str, list[str]]:
     """Slide ids of each set in a split file: ``{"train": [...], "val": [...], "test": [...]}``.
 
     Reads the column format (``splits_<i>.csv``) or the boolean format
-    (``splits_<i>_bool.csv``). A slide listed in two sets is an error.
+    (``splits_<i>_bool.csv``). ``train`` is required; a missing ``val`` or
+    ``test`` column reads as empty. A slide listed in two sets is an error.
     """
     path = Path(split_csv)
     if not path.is_file():
@@ -203,13 +231,15 @@ def read_split(split_csv: str | os.PathLike) -> dict[str, list[str]]:
         raise InputFileError(
             path, f"not a readable CSV ({exc})", "re-create it with `sae1n create-splits`"
         ) from exc
-    missing = [name for name in SETS if name not in frame.columns]
-    if missing:
+    if "train" not in frame.columns:
         raise InputFileError(
             path,
-            f"missing column(s) {missing}",
+            f"missing column 'train' (columns: {', '.join(map(str, frame.columns))})",
             "a split file has columns train, val, test (CLAM format)",
         )
+    for name in SETS:  # val/test may be absent (e.g. an SAE split without a test set)
+        if name not in frame.columns:
+            frame[name] = "False" if "slide_id" in frame.columns else None
     if "slide_id" in frame.columns:  # boolean format
         sets = {}
         for name in SETS:
@@ -224,6 +254,7 @@ def read_split(split_csv: str | os.PathLike) -> dict[str, list[str]]:
     else:
         sets = {name: frame[name].dropna().str.strip().tolist() for name in SETS}
         sets = {name: [s for s in ids if s] for name, ids in sets.items()}
+    sets = {name: [slide_id_of(s) for s in ids] for name, ids in sets.items()}
     seen: dict[str, str] = {}
     for name in SETS:
         for slide in sets[name]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sae1n.datasets.splits import read_split  # noqa: F401  (re-exported)
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import feature_paths, read_bag
 
@@ -96,48 +97,6 @@ def _to_class(raw, mapping: dict, n_classes: int, path: Path, sid: str, col: str
         f"slide {sid!r} has unknown {col} {raw!r} (expected {known})",
         "fix the label, or set dataset.label_dict / n_classes to match the CSV",
     )
-
-
-def read_split(split_csv: str | os.PathLike) -> dict[str, list[str]]:
-    """Read a CLAM split CSV (columns train, val, test of slide ids)."""
-    path = Path(split_csv)
-    if not path.is_file():
-        raise InputFileError(
-            path,
-            "split file not found",
-            "run `sae1n create-splits`, or set split_dir=... and k_start/k_end to existing folds",
-        )
-    try:
-        df = pd.read_csv(path, dtype=str)
-    except Exception as exc:
-        raise InputFileError(
-            path, f"cannot be read as CSV ({exc})", "re-create it with `sae1n create-splits`"
-        ) from exc
-    df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed")]]
-    if "train" not in df.columns:
-        raise InputFileError(
-            path,
-            f"has no 'train' column (columns: {', '.join(df.columns)})",
-            "use CLAM's splits_<k>.csv format with columns train, val, test",
-        )
-    out = {}
-    for key in SPLIT_KEYS:
-        col = df[key] if key in df.columns else pd.Series([], dtype=str)
-        out[key] = [s.strip() for s in col.dropna().astype(str) if s.strip()]
-    seen: dict[str, str] = {}
-    for key, ids in out.items():
-        for sid in ids:
-            if sid in seen and seen[sid] != key:
-                raise InputFileError(
-                    path,
-                    f"slide {sid!r} is in both {seen[sid]} and {key}",
-                    "re-create the splits so the sets are disjoint",
-                )
-            seen[sid] = key
-    return out
-
-
-# ----------------------------------------------------------------------------- SAE unit selection
 
 
 def select_sae_units(

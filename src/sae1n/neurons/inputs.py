@@ -17,33 +17,7 @@ from sae1n.io import feature_paths, read_bag
 
 TUMOR_LABELS = {"tumor", "tumour", "1", "1.0", "true", "positive", "cancer"}
 NORMAL_LABELS = {"normal", "0", "0.0", "false", "negative", "benign"}
-_STRIP_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".mrxs",
-    ".scn",
-    ".bif",
-    ".vms",
-    ".png",
-    ".jpg",
-    ".h5",
-    ".pt",
-)
-
-
-def slide_id_of(entry) -> str:
-    """Slide id from a split-CSV entry: the name without a slide/feature extension.
-
-    Only known extensions are removed, so ids that contain dots (TCGA) survive.
-    """
-    name = Path(str(entry).strip()).name
-    low = name.lower()
-    for suffix in _STRIP_SUFFIXES:
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+from sae1n.datasets.splits import read_split, slide_id_of  # noqa: E402
 
 
 def _read_csv(path: str | os.PathLike, what: str, fix: str) -> pd.DataFrame:
@@ -58,18 +32,7 @@ def _read_csv(path: str | os.PathLike, what: str, fix: str) -> pd.DataFrame:
 
 def read_split_slides(split_csv_path: str | os.PathLike, column: str = "train") -> list[str]:
     """Slide ids of one column (``train``/``val``/``test``) of a CLAM split CSV."""
-    fix = "pass a splits_<k>.csv written by `sae1n create-splits` (columns train, val, test)"
-    df = _read_csv(split_csv_path, "split CSV", fix)
-    if column not in df.columns:
-        raise InputFileError(
-            split_csv_path, f"has no {column!r} column (columns: {list(df.columns)})", fix
-        )
-    seen: dict[str, None] = {}
-    for v in df[column]:
-        v = str(v).strip()
-        if v and v.lower() != "nan":
-            seen.setdefault(slide_id_of(v), None)
-    return list(seen)
+    return read_split(split_csv_path)[column]
 
 
 def read_slide_table(dataset_csv: str | os.PathLike) -> pd.DataFrame:

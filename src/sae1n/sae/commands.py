@@ -18,11 +18,13 @@ def configure_train_sae(p: argparse.ArgumentParser) -> None:
 
 def run_train_sae(args) -> int:
     from sae1n.configs import split_exp_args
+    from sae1n.dist import env_info
     from sae1n.sae.train import train_from_args
 
     exp, overrides = split_exp_args(args.args)
     out = train_from_args(exp, overrides)
-    print(f"SAE outputs: {out}")
+    if env_info().is_main:  # under torchrun: one summary, from rank 0
+        print(f"SAE outputs: {out}")
     return 0
 
 
@@ -68,6 +70,7 @@ def configure_save_sae_features(p: argparse.ArgumentParser) -> None:
 
 
 def run_save_sae_features(args) -> int:
+    from sae1n.dist import env_info
     from sae1n.sae.encode import save_sae_features
 
     s = save_sae_features(
@@ -81,6 +84,8 @@ def run_save_sae_features(args) -> int:
         checkpoint=args.checkpoint,
         out_dir=args.out_dir,
     )
+    if not env_info().is_main:  # under torchrun: one summary (of every rank), from rank 0
+        return 0
     mb = 1 << 20
     sizes = []
     if s.dense_bytes:

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 import torch
 
+from sae1n import dist
 from sae1n.errors import ConfigError
 from sae1n.io import atomic_write_json, feature_paths, read_bag, write_bag, write_sparse_codes
 from sae1n.sae.checkpoints import find_checkpoint, load_sae, read_run_config
@@ -140,6 +141,7 @@ def csr_to_dense(
     return out
 
 
+@dist.session()
 def save_sae_features(
     exp_dir: str | os.PathLike,
     feature_dir: str | os.PathLike | None = None,
@@ -153,7 +155,10 @@ def save_sae_features(
     out_dir: str | os.PathLike | None = None,
 ) -> EncodeSummary:
     """Encode every slide of ``feature_dir`` (default: the one the SAE was
-    trained on) with the SAE of ``exp_dir``; return what was written."""
+    trained on) with the SAE of ``exp_dir``; return what was written.
+
+    Under ``torchrun`` each process encodes ``sorted(slides)[rank::world]``
+    and the returned summary covers every rank's slides."""
     if not (dense or sparse):
         raise ConfigError("nothing to write: both the dense and the sparse outputs are disabled")
     exp_dir = Path(exp_dir)
@@ -166,7 +171,7 @@ def save_sae_features(
                 f"{weights}: the saved config names no data.feature_dir; pass --feature_dir"
             )
     feature_dir = Path(feature_dir)
-    dev = resolve_device(device)
+    dev = dist.rank_device(resolve_device(device))
     model = load_sae(weights, device=dev)
     dataset, feature_set = dataset_and_feature_set(feature_dir)
     base = (
@@ -183,7 +188,8 @@ def save_sae_features(
         "sae_checkpoint": str(weights.resolve()),
         "sae_model_type": model.cfg.model_type,
     }
-    for sid, src in progress(sorted(paths.items()), desc="save-sae-features"):
+    me = dist.info()
+    for sid, src in progress(dist.shard(paths.items()), desc="save-sae-features"):
         outs = _outputs(base, sid, dense, sparse)
         if _valid(outs, _n_rows(src), model.dict_size):
             summary.skipped.append(sid)
@@ -216,6 +222,8 @@ def save_sae_features(
             )
             summary.dense_bytes += outs["h5"].stat().st_size + outs["pt"].stat().st_size
         summary.encoded.append(sid)
+    if me.distributed:
+        _merge_ranks(summary, sorted(paths), base)
     meta = {
         "checkpoint": str(weights.resolve()),
         "feature_dir": str(feature_dir.resolve()),
@@ -223,7 +231,8 @@ def save_sae_features(
         "model_type": model.cfg.model_type,
         "n_slides": len(paths),
     }
-    atomic_write_json(base / "encoding.json", meta)
+    if me.is_main:
+        atomic_write_json(base / "encoding.json", meta)
     log.info(
         "encoded %d slides, skipped %d complete ones -> %s",
         len(summary.encoded),
@@ -231,6 +240,20 @@ def save_sae_features(
         base,
     )
     return summary
+
+
+def _merge_ranks(summary: EncodeSummary, slide_ids: list[str], base: Path) -> None:
+    """Every rank's slides in ``summary``; raise unless each slide was done once."""
+    parts = dist.all_gather_objects(
+        (summary.encoded, summary.skipped, summary.dense_bytes, summary.sparse_bytes)
+    )
+    dist.check_every_slide_done(
+        slide_ids, [e + s for e, s, _, _ in parts], what="save-sae-features", where=base
+    )
+    summary.encoded = sorted(sid for p in parts for sid in p[0])
+    summary.skipped = sorted(sid for p in parts for sid in p[1])
+    summary.dense_bytes = sum(p[2] for p in parts)
+    summary.sparse_bytes = sum(p[3] for p in parts)
 
 
 def _h5_attr_ok(v) -> bool:

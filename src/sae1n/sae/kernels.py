@@ -448,7 +448,7 @@ def _sparse_sae_loss(model, x: torch.Tensor, sync_free: bool) -> dict:
     batch = x.shape[0]
     acts = plan.acts
     l0 = (
-        torch.tensor(codes.nnz / batch, dtype=x_in.dtype)
+        torch.tensor(codes.nnz / max(batch, 1), dtype=x_in.dtype)  # an empty shard: 0
         if codes.positive
         else (acts > 0).sum().to(x_in.dtype) / batch
     )

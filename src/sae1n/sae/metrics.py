@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -67,11 +67,17 @@ class MetricAccumulator:
 
 @torch.no_grad()
 def evaluate(
-    model: BaseSAE, batches: Iterable[torch.Tensor], dense_latent_freq: float = 0.1
+    model: BaseSAE,
+    batches: Iterable[torch.Tensor],
+    dense_latent_freq: float = 0.1,
+    *,
+    reduce: Callable[[MetricAccumulator], None] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` in eval mode over ``batches`` (restores its mode).
 
-    Statistics do not change unless the model is in paper-compatible mode."""
+    Statistics do not change unless the model is in paper-compatible mode.
+    ``reduce`` may combine the sums with other processes' before the result
+    (each evaluated a share of the rows)."""
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(model.dict_size, model.W_dec.device)
@@ -80,6 +86,8 @@ def evaluate(
             acc.add(model(x))
     finally:
         model.train(was_training)
+    if reduce is not None:
+        reduce(acc)
     res = acc.result(dense_latent_freq)
     cfg = model.cfg
     res["dead_frac_train"] = float(

@@ -128,6 +128,9 @@ class BaseSAE(nn.Module):
     by every SAE; subclasses define the activation."""
 
     supports_sparse_kernels = False
+    # set by a multi-process trainer (sae1n.dist.sae.BatchStatsSync): makes the
+    # batch-wide selection and statistics global over the ranks in training
+    batch_sync = None
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -221,6 +224,8 @@ class BaseSAE(nn.Module):
                 )
                 > 0
             )
+        if self.batch_sync is not None and self.training:
+            fired = self.batch_sync.any(fired)
         self.num_batches_not_active.add_(1).masked_fill_(fired, 0)
 
     @torch.no_grad()
@@ -396,6 +401,11 @@ class BatchTopKSAE(TopKSAE):
         return torch.where(acts > self.threshold, acts, torch.zeros_like(acts))
 
     def select_codes(self, pre, *, sync_free=False):
+        if self.training and self.batch_sync is not None:
+            codes, self._select_hint = self.batch_sync.batch_topk_codes(
+                pre, self.cfg.top_k, self._select_hint, sync_free=sync_free
+            )
+            return codes
         if self.training:
             codes, self._select_hint = kernels.batch_topk_codes(
                 pre, self.cfg.top_k * pre.shape[0], self._select_hint, sync_free=sync_free
@@ -406,17 +416,15 @@ class BatchTopKSAE(TopKSAE):
     @torch.no_grad()
     def update_stats(self, cols, vals, *, positive=False):
         super().update_stats(cols, vals, positive=positive)
-        if vals.numel() == 0:
+        sync = self.batch_sync if self.training else None
+        if vals.numel() == 0 and sync is None:
             return
-        pos = (
-            vals
-            if positive
-            else torch.where(
-                vals > 0, vals, torch.full((), float("inf"), dtype=vals.dtype, device=vals.device)
-            )
-        )
+        inf = torch.full((), float("inf"), dtype=vals.dtype, device=vals.device)
+        pos = vals if positive else torch.where(vals > 0, vals, inf)
         lr = self.cfg.threshold_lr
-        m = pos.min()
+        m = pos.min() if pos.numel() else inf
+        if sync is not None:  # every rank takes part, even with no entries
+            m = sync.min(m)
         self.threshold.copy_(
             torch.where(torch.isfinite(m), (1 - lr) * self.threshold + lr * m, self.threshold)
         )
@@ -424,7 +432,13 @@ class BatchTopKSAE(TopKSAE):
     def forward_dense(self, x):
         x_in, x_mean, x_std = self.preprocess_input(x)
         acts = F.relu(self.encoder_preacts(x_in - self.b_dec))
-        if self.training:
+        if self.training and self.batch_sync is not None:
+            codes = self.select_codes(acts.detach())  # the rank-global selection
+            keep = torch.zeros_like(acts).index_put_(
+                (codes.rows, codes.cols), (codes.vals > 0).to(acts.dtype)
+            )
+            acts_topk = acts * keep
+        elif self.training:
             flat = acts.flatten()
             top = torch.topk(flat, min(self.cfg.top_k * x.shape[0], flat.numel()), dim=-1)
             acts_topk = (

@@ -23,8 +23,10 @@ import logging
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sae1n import dist
+from sae1n.datasets.splits import read_split
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
 from sae1n.io import atomic_path, atomic_write_csv, feature_paths, open_packed_store
 from sae1n.sae import metrics as sae_metrics
@@ -48,35 +52,6 @@ _RESUME_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def read_split_ids(split_csv: str | Path) -> dict[str, list[str]]:
-    """Slide ids per split column (``train``/``val``/``test``) of a CLAM split CSV."""
-    import pandas as pd
-
-    path = Path(split_csv)
-    if not path.is_file():
-        raise InputFileError(
-            path, "split CSV not found", "run `sae1n create-splits`, or set data.split_csv_path"
-        )
-    try:
-        frame = pd.read_csv(path, dtype=str)
-    except Exception as exc:  # pandas raises several parser errors
-        raise InputFileError(
-            path, f"cannot be parsed as CSV ({exc})", "re-create it with `sae1n create-splits`"
-        ) from exc
-    if "train" not in frame.columns:
-        raise InputFileError(
-            path,
-            f"has no 'train' column (columns: {', '.join(map(str, frame.columns))})",
-            "use a CLAM-style split with train, val, test columns",
-        )
-    out = {}
-    for col in ("train", "val", "test"):
-        if col in frame.columns:
-            ids = [s.strip() for s in frame[col].dropna().astype(str) if s.strip()]
-            out[col] = list(dict.fromkeys(ids))
-    return out
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -111,9 +86,12 @@ class TrainingData:
     def gather(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.store.gather(rows))
 
-    def val_batches(self, batch_size: int, device) -> Iterator[torch.Tensor]:
-        for s in range(0, len(self.val_rows), batch_size):
-            yield self.gather(self.val_rows[s : s + batch_size]).to(device)
+    def val_batches(
+        self, batch_size: int, device, rows: np.ndarray | None = None
+    ) -> Iterator[torch.Tensor]:
+        rows = self.val_rows if rows is None else rows
+        for s in range(0, len(rows), batch_size):
+            yield self.gather(rows[s : s + batch_size]).to(device)
 
 
 def _store_dir(cfg: DictConfig, feature_dir: Path, file_type: str | None) -> Path:
@@ -148,7 +126,7 @@ def prepare_data(cfg: DictConfig) -> TrainingData:
         )
     split_path = data.get("split_csv_path")
     if split_path:
-        split = read_split_ids(split_path)
+        split = read_split(split_path)
         train_ids, val_ids = split.get("train", []), split.get("val", [])
         for name, ids in (("train", train_ids), ("val", val_ids)):
             missing = [s for s in ids if s not in paths]
@@ -175,10 +153,14 @@ def prepare_data(cfg: DictConfig) -> TrainingData:
             "no train slides with features",
             "check data.split_csv_path and data.feature_dir",
         )
-    store = open_packed_store(
-        paths,
-        _store_dir(cfg, feature_dir, file_type),
-        dtype=str(data.get("store_dtype") or "float32"),
+    # several processes: built once (rank 0 first), then only opened by the others
+    store = dist.in_turn(
+        lambda: open_packed_store(
+            paths,
+            _store_dir(cfg, feature_dir, file_type),
+            dtype=str(data.get("store_dtype") or "float32"),
+        ),
+        what="packing the feature store",
     )
 
     def rows_of(ids: Sequence[str]) -> np.ndarray:
@@ -472,6 +454,10 @@ def train_sae(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None]] = (
     ``callbacks`` are called with the global step after every step (a
     progress hook; raising ``KeyboardInterrupt`` there stops training after
     saving a resumable state).
+
+    Under ``torchrun`` (or inside an existing process group) every process
+    trains on its share of each global batch and the result equals a
+    one-process run (see :mod:`sae1n.dist.sae`); rank 0 writes the outputs.
     """
     if str(cfg.sae.get("dtype", "float32")) != "float32":
         raise ConfigError(f"sae.dtype={cfg.sae.dtype} is not supported; use float32")
@@ -485,35 +471,43 @@ def train_sae(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None]] = (
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        return _train(cfg, device, callbacks)
+        with dist.session():
+            return _train(cfg, dist.rank_device(device), callbacks)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(cfg: DictConfig, device: str, callbacks) -> Path:
+    me = dist.info()
     data = prepare_data(cfg)
     steps_per_epoch, total_steps = _schedule(cfg, len(data.train_rows))
     batch_size = int(cfg.training.batch_size)
     runs = [_build_run(tag, run_cfg, data, device) for tag, run_cfg in expand_sweep(cfg)]
     resume = bool(cfg.training.get("resume", True))
-    for run in runs:
-        if not (resume and _load_resume(run)):
-            _clear_outputs(run.out_dir)
+    resumed = [resume and _load_resume(run) for run in runs]
+    if me.distributed:
+        _check_same_start(runs)
+    if me.is_main:
+        for run, was_resumed in zip(runs, resumed):
+            if not was_resumed:
+                _clear_outputs(run.out_dir)
+            run.out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(run.out_dir / "config.yaml") as tmp:
+                tmp.write_text(OmegaConf.to_yaml(run.cfg))
+    for run, was_resumed in zip(runs, resumed):
+        if not was_resumed:
             run.step = 0
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run.out_dir / "config.yaml") as tmp:
-            tmp.write_text(OmegaConf.to_yaml(run.cfg))
     exp_dir = experiment_dir(cfg)
-    todo = [
-        r
-        for r in runs
-        if r.step < total_steps or not (r.ckpt_dir / "sae_final.safetensors").is_file()
-    ]
+    # rank 0 decides from its files, so every rank runs the same loop
+    unfinished = dist.broadcast_object(
+        [r.step < total_steps or not (r.ckpt_dir / "sae_final.safetensors").is_file() for r in runs]
+    )
+    todo = [r for r, u in zip(runs, unfinished) if u]
     if not todo:
         log.info("%s: already trained (%d steps); nothing to do", exp_dir, total_steps)
         return exp_dir
     log.info(
-        "training %d SAE(s) on %d patches from %d slides (val: %d patches, %d slides), %d steps of %d on %s",
+        "training %d SAE(s) on %d patches from %d slides (val: %d patches, %d slides), %d steps of %d on %s%s",
         len(runs),
         len(data.train_rows),
         len(data.train_ids),
@@ -522,23 +516,45 @@ def _train(cfg: DictConfig, device: str, callbacks) -> Path:
         total_steps,
         batch_size,
         device,
+        f" x {me.world_size} processes" if me.distributed else "",
     )
     for run in todo:
-        _open_loggers(run)
+        if me.is_main:
+            _open_loggers(run)
         run.acc = _TrainSums()
+        if me.distributed:
+            from sae1n.dist.sae import BatchStatsSync, broadcast_module
+
+            broadcast_module(run.model)
+            run.model.batch_sync = BatchStatsSync()
     try:
         _loop(todo, data, cfg, device, steps_per_epoch, total_steps, callbacks)
     except KeyboardInterrupt:
-        for run in todo:
-            _save_resume(run)
+        if me.is_main:
+            for run in todo:
+                _save_resume(run)
         raise
     finally:
         for run in todo:
+            run.model.batch_sync = None
             if run.tb is not None:
                 run.tb.close()
             if run.wandb is not None:
                 run.wandb.finish()
+    dist.barrier()  # the outputs exist before any rank returns
     return exp_dir
+
+
+def _check_same_start(runs: list[_Run]) -> None:
+    """Every rank resumes from the same step (the checkpoints must be on a
+    filesystem all ranks see)."""
+    steps = dist.all_gather_objects([r.step for r in runs])
+    if any(s != steps[0] for s in steps):
+        raise ConfigError(
+            f"{runs[0].ckpt_dir}: the processes found different resume states "
+            f"(steps per rank: {steps}); put output_dir on a filesystem every node sees, "
+            "or set training.resume=false"
+        )
 
 
 def _loop(
@@ -550,20 +566,28 @@ def _loop(
     total_steps: int,
     callbacks,
 ) -> None:
+    me = dist.info()
     seed = int(cfg.seed)
     batch_size = int(cfg.training.batch_size)
+    n_train = len(data.train_rows)
     val_freq = int(cfg.training.get("validation_freq") or 0)
     ckpt_freq = int(cfg.training.get("checkpoint_freq") or 0)
     every = max(1, int(cfg.training.get("progress_every") or 10))
     start = min(r.step for r in runs)
     orders: dict[int, np.ndarray] = {}
+    grad_sync = None
+    if me.distributed:
+        from sae1n.dist.sae import GradientAllReduce
+
+        grad_sync = GradientAllReduce()
 
     def fetch(step: int) -> torch.Tensor:
         epoch, index = divmod(step, steps_per_epoch)
         if epoch not in orders:
             orders.clear()
             orders[epoch] = data.train_rows[epoch_permutation(len(data.train_rows), seed, epoch)]
-        x = data.gather(batch_rows(orders[epoch], index, batch_size))
+        rows = batch_rows(orders[epoch], index, batch_size, me.rank, me.world_size)
+        x = data.gather(rows)
         return x.pin_memory() if device.startswith("cuda") else x
 
     t0, tokens = time.perf_counter(), 0
@@ -573,13 +597,25 @@ def _loop(
     try:
         for step, x_cpu in _prefetched(fetch, range(start, total_steps)):
             x = x_cpu.to(device, non_blocking=True)
+            # rows of the whole global batch (every rank's share together)
+            global_rows = min(batch_size, n_train - (step % steps_per_epoch) * batch_size)
+            if grad_sync is not None:
+                grad_sync.set_rows(x.shape[0], global_rows)
             for run in runs:
                 if run.step != step:
                     continue  # this run's saved state is ahead (partially saved sweep)
-                run.last_out = out = train_step(
-                    run.model, run.optimizer, x, float(run.cfg.training.max_grad_norm)
-                )
-                run.acc.add(out)
+                if run.model.batch_sync is not None:
+                    run.model.batch_sync.global_rows = global_rows
+                with _quiet_if_empty(x):
+                    run.last_out = out = train_step(
+                        run.model,
+                        run.optimizer,
+                        x,
+                        float(run.cfg.training.max_grad_norm),
+                        after_backward=grad_sync,
+                    )
+                if x.shape[0]:  # a rank's share of a tiny last batch can be empty
+                    run.acc.add(out)
                 run.step += 1
                 _after_step(
                     run,
@@ -590,9 +626,9 @@ def _loop(
                     total_steps,
                     steps_per_epoch,
                     t0,
-                    tokens + x.shape[0],
+                    tokens + global_rows,
                 )
-            tokens += x.shape[0]
+            tokens += global_rows
             bar.update(1)
             if (step + 1) % every == 0 or step + 1 == total_steps:
                 out = runs[0].last_out
@@ -609,6 +645,8 @@ def _loop(
     finally:
         bar.close()
     for run in runs:
+        if not me.is_main:
+            continue
         final_extra = {
             "step": run.step,
             "best_step": run.best_step,
@@ -638,6 +676,18 @@ def _loop(
         )
 
 
+@contextmanager
+def _quiet_if_empty(x: torch.Tensor) -> Iterator[None]:
+    """An empty share of a batch (see :func:`batch_rows`) takes part in the
+    collectives only; silence the warnings of its 0 / 0 means."""
+    if x.shape[0]:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _after_step(
     run: _Run,
     data: TrainingData,
@@ -649,10 +699,16 @@ def _after_step(
     t0: float,
     tokens: int,
 ) -> None:
+    me = dist.info()
     s = run.step
     validate = s == total_steps or (val_freq > 0 and s % val_freq == 0)
     periodic = ckpt_freq > 0 and s % ckpt_freq == 0
     if validate:
+        if me.distributed:
+            from sae1n.dist.sae import resync_if_drifted
+
+            resync_if_drifted(run.model, run.label)
+            _reduce_train_sums(run.acc)
         train_res = run.acc.result()
         run.acc = _TrainSums()
         row = {
@@ -664,22 +720,22 @@ def _after_step(
         }
         row.update({f"train_{k}": v for k, v in train_res.items()})
         if len(data.val_rows):
-            res = sae_metrics.evaluate(
-                run.model,
-                data.val_batches(int(run.cfg.training.batch_size), device),
-                float(run.cfg.training.get("dense_latent_freq", 0.1)),
-            )
+            res = _validate(run, data, device)
             row.update({f"val_{k}": v for k, v in res.items()})
-            if res["loss"] < run.best_val:
+            if res["loss"] < run.best_val:  # the same numbers on every rank
                 run.best_val, run.best_step = res["loss"], s
-                save_sae(
-                    run.model,
-                    run.ckpt_dir / "sae_best.safetensors",
-                    config=_plain_config(run.cfg),
-                    extra={"step": s, "val_loss": res["loss"]},
-                )
+                if me.is_main:
+                    save_sae(
+                        run.model,
+                        run.ckpt_dir / "sae_best.safetensors",
+                        config=_plain_config(run.cfg),
+                        extra={"step": s, "val_loss": res["loss"]},
+                    )
         row["best_step"] = run.best_step
-        _log_metrics(run, row)
+        if me.is_main:
+            _log_metrics(run, row)
+    if not me.is_main:
+        return
     if periodic:
         save_sae(
             run.model,
@@ -689,6 +745,40 @@ def _after_step(
         )
     if validate or periodic:
         _save_resume(run)
+
+
+def _validate(run: _Run, data: TrainingData, device: str) -> dict[str, float]:
+    """Validation metrics; with several processes each evaluates a share of
+    the rows and the sums are added (in paper-compatible mode, where
+    validation updates the statistics, every process evaluates all rows)."""
+    me = dist.info()
+    rows, reduce = None, None
+    if me.distributed and not run.model.cfg.paper_compat_update_in_eval:
+        from functools import partial
+
+        from sae1n.dist.sae import reduce_metric_accumulator
+
+        rows = np.array_split(data.val_rows, me.world_size)[me.rank]
+        reduce = partial(reduce_metric_accumulator, act_size=run.model.act_size)
+    return sae_metrics.evaluate(
+        run.model,
+        data.val_batches(int(run.cfg.training.batch_size), device, rows),
+        float(run.cfg.training.get("dense_latent_freq", 0.1)),
+        reduce=reduce,
+    )
+
+
+def _reduce_train_sums(acc: _TrainSums) -> None:
+    """Add the running training sums of every process."""
+    from sae1n.dist.sae import all_reduce_sums
+
+    zero = torch.zeros((), dtype=torch.float64)
+    parts = all_reduce_sums(
+        [torch.tensor(float(acc.n), dtype=torch.float64)]
+        + [acc.sums.get(k, zero) for k in _TrainSums.KEYS]
+    )
+    acc.n = int(round(float(parts[0])))
+    acc.sums = {k: v for k, v in zip(_TrainSums.KEYS, parts[1:])} if acc.n else {}
 
 
 def train_from_args(exp: str | None, overrides: Sequence[str]) -> Path:
