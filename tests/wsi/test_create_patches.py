@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sae1n.cli import main
-from sae1n.wsi.create_patches import PROCESS_LIST_NAME, create_patches
+from sae1n.wsi.patch_slides import PROCESS_LIST_NAME, create_patches
 from sae1n.wsi.patch_files import read_patch, read_patch_file
 from sae1n.wsi.slide import open_slide
 
@@ -206,7 +206,7 @@ def test_failures_are_recorded_and_batch_continues(slide_dir, tmp_path):
 
 
 def test_too_large_segmentation_level_is_failed_seg(one_slide, tmp_path, monkeypatch):
-    import sae1n.wsi.create_patches as cp
+    import sae1n.wsi.patch_slides as cp
 
     monkeypatch.setattr(cp, "MAX_SEG_PIXELS", 1000)
     df = create_patches(one_slide, tmp_path)

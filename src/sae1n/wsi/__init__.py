@@ -17,8 +17,8 @@ import importlib
 _EXPORTS = {
     "open_slide": "slide",
     "Slide": "slide",
-    "create_patches": "create_patches",
-    "process_slide": "create_patches",
+    "create_patches": "patch_slides",
+    "process_slide": "patch_slides",
     "segment_tissue": "segmentation",
     "tissue_mask": "segmentation",
     "find_tissue_contours": "segmentation",
@@ -37,10 +37,6 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-# The function shadows its module's name: bind it eagerly so that
-# ``sae1n.wsi.create_patches`` is the function even after the module loads.
-from sae1n.wsi.create_patches import create_patches, process_slide  # noqa: E402
 
 
 def __getattr__(name: str):
