@@ -151,8 +151,8 @@ def measure(
     slide_path: Path, out_dir: Path, patch_size: int, preset: str, backend: str, sample: int
 ) -> dict:
     """Runs in the child process: time the stages on an existing slide."""
-    from sae1n.wsi.patch_slides import create_patches
     from sae1n.wsi.geometry import lattice_polygon_test
+    from sae1n.wsi.patch_slides import create_patches
     from sae1n.wsi.patching import check_offsets, tissue_patch_coords
     from sae1n.wsi.presets import load_preset
     from sae1n.wsi.segmentation import segment_tissue
