@@ -18,7 +18,7 @@ def configure_train_sae(p: argparse.ArgumentParser) -> None:
 
 def run_train_sae(args) -> int:
     from sae1n.configs import split_exp_args
-    from sae1n.dist import env_info
+    from sae1n.distributed import env_info
     from sae1n.sae.train import train_from_args
 
     exp, overrides = split_exp_args(args.args)
@@ -70,7 +70,7 @@ def configure_save_sae_features(p: argparse.ArgumentParser) -> None:
 
 
 def run_save_sae_features(args) -> int:
-    from sae1n.dist import env_info
+    from sae1n.distributed import env_info
     from sae1n.sae.encode import save_sae_features
 
     s = save_sae_features(

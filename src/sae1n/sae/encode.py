@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import torch
 
-from sae1n import dist
+from sae1n import distributed as dist
 from sae1n.errors import ConfigError
 from sae1n.io import atomic_write_json, feature_paths, read_bag, write_bag, write_sparse_codes
 from sae1n.sae.checkpoints import find_checkpoint, load_sae, read_run_config

@@ -128,7 +128,7 @@ class BaseSAE(nn.Module):
     by every SAE; subclasses define the activation."""
 
     supports_sparse_kernels = False
-    # set by a multi-process trainer (sae1n.dist.sae.BatchStatsSync): makes the
+    # set by a multi-process trainer (sae1n.distributed.sae.BatchStatsSync): makes the
     # batch-wide selection and statistics global over the ranks in training
     batch_sync = None
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sae1n import dist
+from sae1n import distributed as dist
 from sae1n.datasets.splits import read_split
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
 from sae1n.io import atomic_path, atomic_write_csv, feature_paths, open_packed_store
@@ -457,7 +457,7 @@ def train_sae(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None]] = (
 
     Under ``torchrun`` (or inside an existing process group) every process
     trains on its share of each global batch and the result equals a
-    one-process run (see :mod:`sae1n.dist.sae`); rank 0 writes the outputs.
+    one-process run (see :mod:`sae1n.distributed.sae`); rank 0 writes the outputs.
     """
     if str(cfg.sae.get("dtype", "float32")) != "float32":
         raise ConfigError(f"sae.dtype={cfg.sae.dtype} is not supported; use float32")
@@ -523,7 +523,7 @@ def _train(cfg: DictConfig, device: str, callbacks) -> Path:
             _open_loggers(run)
         run.acc = _TrainSums()
         if me.distributed:
-            from sae1n.dist.sae import BatchStatsSync, broadcast_module
+            from sae1n.distributed.sae import BatchStatsSync, broadcast_module
 
             broadcast_module(run.model)
             run.model.batch_sync = BatchStatsSync()
@@ -577,7 +577,7 @@ def _loop(
     orders: dict[int, np.ndarray] = {}
     grad_sync = None
     if me.distributed:
-        from sae1n.dist.sae import GradientAllReduce
+        from sae1n.distributed.sae import GradientAllReduce
 
         grad_sync = GradientAllReduce()
 
@@ -705,7 +705,7 @@ def _after_step(
     periodic = ckpt_freq > 0 and s % ckpt_freq == 0
     if validate:
         if me.distributed:
-            from sae1n.dist.sae import resync_if_drifted
+            from sae1n.distributed.sae import resync_if_drifted
 
             resync_if_drifted(run.model, run.label)
             _reduce_train_sums(run.acc)
@@ -756,7 +756,7 @@ def _validate(run: _Run, data: TrainingData, device: str) -> dict[str, float]:
     if me.distributed and not run.model.cfg.paper_compat_update_in_eval:
         from functools import partial
 
-        from sae1n.dist.sae import reduce_metric_accumulator
+        from sae1n.distributed.sae import reduce_metric_accumulator
 
         rows = np.array_split(data.val_rows, me.world_size)[me.rank]
         reduce = partial(reduce_metric_accumulator, act_size=run.model.act_size)
@@ -770,7 +770,7 @@ def _validate(run: _Run, data: TrainingData, device: str) -> dict[str, float]:
 
 def _reduce_train_sums(acc: _TrainSums) -> None:
     """Add the running training sums of every process."""
-    from sae1n.dist.sae import all_reduce_sums
+    from sae1n.distributed.sae import all_reduce_sums
 
     zero = torch.zeros((), dtype=torch.float64)
     parts = all_reduce_sums(
