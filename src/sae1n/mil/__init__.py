@@ -8,16 +8,29 @@ and the :class:`MILModel` contract (bag (N, D) -> :class:`MILOutput` with
 :func:`load_mil_checkpoint`, and the pure-PyTorch :func:`selective_scan`.
 """
 
-from sae1n.mil.models import (
-    MODEL_TYPES,
-    MILModel,
-    MILOutput,
-    build_model,
-    load_mil_checkpoint,
-    save_mil_checkpoint,
-)
-from sae1n.mil.scan import selective_scan, selective_scan_chunked, selective_scan_reference
-from sae1n.mil.train import train_mil, train_mil_experiment
+import importlib
+
+# Imported lazily so that `sae1n --help` (which imports mil.commands) does not load torch.
+_EXPORTS = {
+    "MODEL_TYPES": "models",
+    "MILModel": "models",
+    "MILOutput": "models",
+    "build_model": "models",
+    "load_mil_checkpoint": "models",
+    "save_mil_checkpoint": "models",
+    "selective_scan": "scan",
+    "selective_scan_chunked": "scan",
+    "selective_scan_reference": "scan",
+    "train_mil": "train",
+    "train_mil_experiment": "train",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"sae1n.mil.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'sae1n.mil' has no attribute {name!r}")
+
 
 __all__ = [
     "MILModel",
