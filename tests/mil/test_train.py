@@ -42,7 +42,7 @@ def test_every_model_trains_and_writes_outputs(tmp_path, model_type):
     preds = pd.read_csv(fold / "predictions_test.csv")
     assert sorted(preds["slide_id"]) == sorted(c.splits["test"])
     assert np.allclose(preds[["prob_0", "prob_1"]].sum(axis=1), 1, atol=1e-5)
-    for sid in c.splits["test"]:
+    for sid in c.splits["test"] + c.splits["val"]:
         with h5py.File(fold / "patch_scores" / f"{sid}.h5") as f:
             with h5py.File(c.data_dir / c.backbone / "h5_files" / f"{sid}.h5") as g:
                 assert np.array_equal(f["coords"][()], g["coords"][()])

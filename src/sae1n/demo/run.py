@@ -67,7 +67,7 @@ def demo_config(out_dir: Path, quick: bool, tiles_dir=None, seed: int = 0) -> di
         },
         "neurons": {"pooling": "max", "top_n": 5},
         "mil": {
-            "exps": ["demo_maxmil", "demo_sae_1n_maxmil"],
+            "exps": ["demo_maxmil", "demo_abmil", "demo_sae_1n_maxmil"],
             "overrides": [f"max_epochs={size['mil_epochs']}", "device=cpu"],
         },
         "figures": {"n_slides": 2, "gallery": 16},

@@ -8,7 +8,8 @@ the best weights, evaluate validation and test slides, and write under
     fold_<k>/checkpoint_best.safetensors   weights + model config (metadata)
     fold_<k>/log.csv                       per-epoch losses and validation AUC
     fold_<k>/predictions_{val,test}.csv    slide_id, label, pred, prob_<c>
-    fold_<k>/patch_scores/<slide>.h5       coords + per-patch scores (test slides)
+    fold_<k>/patch_scores/<slide>.h5       coords + per-patch scores (val and test slides;
+                                           val lets evaluate-patches pick a threshold)
     fold_<k>/metrics.json                  fold metrics (written last: marks the fold done)
     summary.csv, summary.json              folds + mean/std rows, as the paper
 
@@ -302,7 +303,7 @@ class _Run:
                 model,
                 sets[key],
                 scores_dir=fold_dir / "patch_scores"
-                if key == "test" and _flag(_get(self.cfg, "save_patch_scores", True))
+                if _flag(_get(self.cfg, "save_patch_scores", True))
                 else None,
                 fold=fold,
             )
