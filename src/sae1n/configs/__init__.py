@@ -24,7 +24,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 def config_dirs(kind: str, extra: Sequence[str | os.PathLike] = ()) -> list[Path]:
     """Folders searched for ``<kind>`` configs, in priority order."""
     cwd = Path.cwd()
-    dirs = [Path(d) for d in extra] + [cwd / "experiments" / kind / "exp", cwd / "configs" / kind, PACKAGE_DIR / kind]
+    dirs = [Path(d) for d in extra] + [
+        cwd / "experiments" / kind / "exp",
+        cwd / "configs" / kind,
+        PACKAGE_DIR / kind,
+    ]
     return [d for d in dirs if d.is_dir()]
 
 
@@ -44,7 +48,9 @@ def _find(kind: str, name: str, extra) -> Path:
         if cand.is_file():
             return cand
     known = ", ".join(available_experiments(kind)) or "none"
-    raise ConfigError(f"no {kind} config named {name!r}; known: {known}. Put your own in ./experiments/{kind}/exp/{name}.yaml")
+    raise ConfigError(
+        f"no {kind} config named {name!r}; known: {known}. Put your own in ./experiments/{kind}/exp/{name}.yaml"
+    )
 
 
 def _load_tree(kind: str, name: str, extra, seen: tuple[str, ...] = ()) -> DictConfig:
@@ -72,13 +78,20 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         add = key.startswith("+")
         key = key.lstrip("+")
         if not add and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"unknown config key {key!r}; spell it +{key}={value} to add a new key")
+            raise ConfigError(
+                f"unknown config key {key!r}; spell it +{key}={value} to add a new key"
+            )
         parsed = OmegaConf.from_dotlist([f"{key}={value}"])
         cfg = OmegaConf.merge(cfg, parsed)
     return cfg
 
 
-def load_experiment(kind: str, exp: str, overrides: Sequence[str] = (), search_dirs: Sequence[str | os.PathLike] = ()) -> DictConfig:
+def load_experiment(
+    kind: str,
+    exp: str,
+    overrides: Sequence[str] = (),
+    search_dirs: Sequence[str | os.PathLike] = (),
+) -> DictConfig:
     """Load the ``exp`` config of ``kind`` (``sae`` or ``mil``) with overrides."""
     cfg = _load_tree(kind, exp, search_dirs)
     cfg = apply_overrides(cfg, overrides)

@@ -9,6 +9,7 @@ Public API::
     text = enc.encode_text(["tumor tissue"])      # CLIP-family only
 """
 
+from sae1n._lazy import lazy_exports
 from sae1n.encoders.registry import (
     EncoderSpec,
     available_encoders,
@@ -36,10 +37,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # torch-heavy modules load on first use so `sae1n --help` stays fast
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sae1n.encoders' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

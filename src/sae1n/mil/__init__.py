@@ -8,7 +8,7 @@ and the :class:`MILModel` contract (bag (N, D) -> :class:`MILOutput` with
 :func:`load_mil_checkpoint`, and the pure-PyTorch :func:`selective_scan`.
 """
 
-import importlib
+from sae1n._lazy import lazy_exports
 
 # Imported lazily so that `sae1n --help` (which imports mil.commands) does not load torch.
 _EXPORTS = {
@@ -26,10 +26,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"sae1n.mil.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'sae1n.mil' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -13,7 +13,7 @@ Heavy modules (torch) load on first use, so ``import sae1n.sae`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from sae1n._lazy import lazy_exports
 
 _EXPORTS = {
     "train_sae": "sae1n.sae.train",
@@ -36,7 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sae1n.sae' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ Names are imported lazily so that ``sae1n --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
+from sae1n._lazy import lazy_exports
 
 _EXPORTS = {
     "PatchScores": "sae1n.viz.heatmaps",
@@ -21,7 +21,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sae1n.viz' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -12,7 +12,7 @@ Public API (imported lazily so ``sae1n --help`` stays fast):
 
 from __future__ import annotations
 
-import importlib
+from sae1n._lazy import lazy_exports
 
 _EXPORTS = {
     "open_slide": "slide",
@@ -39,7 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"sae1n.wsi.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'sae1n.wsi' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
