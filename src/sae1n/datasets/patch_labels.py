@@ -159,41 +159,17 @@ def coords_files(
 
 
 def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """(coords (N, 2) int64, attrs) from a patch or feature h5 file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "file not found", "check --coords_dir")
-    try:
-        with h5py.File(path, "r") as f:
-            if "coords" not in f:
-                raise InputFileError(
-                    path,
-                    "no 'coords' dataset",
-                    "use the patches/ files of create-patches or feature h5 files",
-                )
-            dataset = f["coords"]
-            coords = np.asarray(dataset[()])
-            attrs = {
-                **{k: _plain(v) for k, v in f.attrs.items()},
-                **{k: _plain(v) for k, v in dataset.attrs.items()},
-            }
-    except OSError as exc:
-        raise InputFileError(
-            path, f"cannot be read as HDF5 ({exc})", "re-create the file (it may be truncated)"
-        ) from exc
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise InputFileError(
-            path, f"coords have shape {coords.shape}, expected (N, 2)", "re-create the patch file"
-        )
+    """(coords (N, 2) int64, attrs) from a patch or feature h5 file with at least one patch."""
+    from sae1n.wsi.patch_files import read_patch_file
+
+    coords, attrs = read_patch_file(path)
     if coords.shape[0] == 0:
         raise InputFileError(
             path,
             "the slide has no patches",
             "drop this slide, or re-run create-patches with other segmentation settings",
         )
-    if not np.all(np.isfinite(coords)):
-        raise InputFileError(path, "coords contain NaN or infinity", "re-create the patch file")
-    return coords.astype(np.int64), attrs
+    return coords, attrs
 
 
 def patch_size_level0(

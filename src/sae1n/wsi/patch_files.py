@@ -170,8 +170,12 @@ def read_patch_file(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
                     "re-create it with `sae1n create-patches --no_auto_skip`",
                 )
             ds = f["coords"]
-            coords = np.asarray(ds[:], dtype=np.int64)
-            attrs = {k: _plain(v) for k, v in ds.attrs.items()}
+            coords = np.asarray(ds[:])
+            # file-level attributes (feature h5 files) first; CLAM's coords attributes win
+            attrs = {
+                **{k: _plain(v) for k, v in f.attrs.items()},
+                **{k: _plain(v) for k, v in ds.attrs.items()},
+            }
     except InputFileError:
         raise
     except Exception as exc:
@@ -184,7 +188,11 @@ def read_patch_file(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             f"'coords' has shape {coords.shape}, expected (N, 2)",
             "re-create it with `sae1n create-patches --no_auto_skip`",
         )
-    return coords, attrs
+    if not np.all(np.isfinite(coords)):
+        raise InputFileError(
+            path, "coords contain NaN or infinity", "re-create it with `sae1n create-patches`"
+        )
+    return coords.astype(np.int64), attrs
 
 
 def read_patch(slide, coord, attrs: Mapping) -> np.ndarray:
