@@ -18,9 +18,32 @@ from sae1n.io.features import (
     write_bag,
     write_sparse_codes,
 )
+from sae1n.io.locks import item_lock, remove_stale_temp_files, try_lock
+from sae1n.io.provenance import (
+    Provenance,
+    StaleOutputError,
+    check_output,
+    input_identity,
+    plan_outputs,
+    read_provenance,
+    write_sidecar,
+)
+from sae1n.io.slide_ids import path_within, validate_slide_id
 from sae1n.io.store import PackedStore, open_packed_store
 
 __all__ = [
+    "Provenance",
+    "StaleOutputError",
+    "check_output",
+    "input_identity",
+    "item_lock",
+    "path_within",
+    "plan_outputs",
+    "read_provenance",
+    "remove_stale_temp_files",
+    "try_lock",
+    "validate_slide_id",
+    "write_sidecar",
     "FeatureBag",
     "PackedStore",
     "atomic_path",
