@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-mil": ("sae1n.mil.commands", "train MIL slide classifiers: exp=<name> key=value ..."),
     "demo": ("sae1n.demo.commands", "run the whole pipeline on generated slides"),
     "pipeline": ("sae1n.demo.commands", "run every stage on a cohort from one YAML config"),
+    "config": ("sae1n.configs.commands", "list the exp= configs or print one resolved"),
 }
 
 
@@ -37,8 +38,25 @@ def _fn(command: str, prefix: str):
     return getattr(module, f"{prefix}_{command.replace('-', '_')}")
 
 
+EPILOG = """\
+stage order (each reads what the one before it wrote):
+  create-patches -> extract-features -> create-metadata -> create-splits ->
+  train-sae -> save-sae-features -> analyze-sae -> patch-labels ->
+  train-mil -> evaluate-patches -> heatmap -> report
+  (`pipeline CONFIG.yaml` runs them all from one config)
+
+start with `sae1n demo`: the whole pipeline on generated slides, no GPU or
+downloads needed. `sae1n COMMAND --help` says what a command reads and writes.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sae1n", description="Weakly supervised single-neuron phenotype identification in pathology embeddings.")
+    parser = argparse.ArgumentParser(
+        prog="sae1n",
+        description="Weakly supervised single-neuron phenotype identification in pathology embeddings.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"sae1n {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -64,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sae1n {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `sae1n ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"sae1n {args.command}: interrupted; completed outputs are kept, re-run to resume", file=sys.stderr)
         return 130

@@ -1,0 +1,27 @@
+"""docs/config_keys.md is generated from the shipped configs and kept current."""
+
+from __future__ import annotations
+
+from sae1n.devtools.config_docs import DOC_PATH, base_keys, experiment_changes, main, render
+
+
+def test_config_keys_doc_is_current():
+    assert DOC_PATH.is_file(), "run python -m sae1n.devtools.config_docs"
+    assert main(["--check"]) == 0, "docs/config_keys.md is stale: python -m sae1n.devtools.config_docs"
+
+
+def test_every_base_key_is_documented_with_its_default():
+    keys = {k: v for k, v, _ in base_keys("sae")}
+    assert keys["training.batch_size"].isdigit()
+    assert "sae.top_k" in keys and "sae.model_type" in keys
+    text = render()
+    for key in keys:
+        assert f"| `{key}` |" in text
+    assert "training.lr" in {k for k, _, _ in base_keys("sae")}
+
+
+def test_experiment_changes_list_only_differences():
+    changes = experiment_changes("sae")
+    assert "demo" in changes
+    assert changes["demo"]["sae.top_k"] == 8
+    assert "seed" not in changes["demo"]
