@@ -304,6 +304,22 @@ def find_annotation(
     return None
 
 
+def annotated_slide_ids(
+    annotation_dir: str | os.PathLike, formats: tuple[str, ...] = ("asap", "geojson")
+) -> set[str]:
+    """Slide ids that have an annotation file of one of ``formats`` in ``annotation_dir``."""
+    folder = Path(annotation_dir)
+    suffixes = tuple(s for f in formats for s in _SUFFIXES[f])
+    out = set()
+    for p in folder.iterdir():
+        low = p.name.lower()
+        for suffix in suffixes:
+            if p.is_file() and low.endswith(suffix):
+                out.add(p.name[: -len(suffix)])
+                break
+    return out
+
+
 def read_annotation(
     path: str | os.PathLike,
     fmt: str = "auto",
