@@ -217,3 +217,63 @@ def test_create_metadata_splits_and_labels_refuse_then_overwrite(cohort, feature
             assert f["label"][()].all()
     finally:
         write_asap(cohort["ann"] / "tumor_001.xml", [[(200, 200), (500, 200), (500, 500), (200, 500)]])
+
+
+# ------------------------------------------------------------------ the pipeline
+
+EARLY = ["create_patches", "extract_features", "create_metadata", "patch_labels"]
+
+
+def _pipeline(cohort, work, overrides=()):
+    from sae1n.pipeline import Pipeline, load_pipeline_config
+
+    base = {
+        "work_dir": str(work),
+        "slides": {"dir": str(cohort["slides"]), "ext": ".tif"},
+        "annotations": {"dir": str(cohort["ann"]), "format": "asap"},
+        "reference_csv": str(cohort["reference"]),
+        "patching": {"patch_size": 256, "patch_level": 0, "preset": str(cohort["preset"])},
+        "encoder": {"name": "handcrafted", "batch_size": 64, "num_workers": 0, "device": "cpu"},
+    }
+    ran = []
+    pipe = Pipeline(load_pipeline_config(None, overrides, base=base), echo=ran.append)
+    results = pipe.run(EARLY)
+    return pipe, [n for n, r in results.items() if r.status == "done"]
+
+
+def _arrays(pipe):
+    from sae1n.io import feature_paths, read_bag
+
+    p = pipe.paths
+    out = {}
+    for sid, path in feature_paths(p.feat_dir, "h5").items():
+        bag = read_bag(path)
+        out[f"feat/{sid}"] = (bag.features, bag.coords)
+    for path in sorted(p.patch_label_dir.glob("*.h5")):
+        with h5py.File(path) as f:
+            out[f"labels/{path.stem}"] = (f["tumor_fraction"][()], f["coords"][()])
+    out["metadata"] = pd.read_csv(p.metadata_csv).to_numpy()
+    return out
+
+
+def test_pipeline_patch_size_change_reruns_downstream_and_equals_a_fresh_run(cohort, tmp_path):
+    import numpy as np
+
+    work = tmp_path / "work"
+    _, ran = _pipeline(cohort, work)
+    assert ran == EARLY
+    _, ran = _pipeline(cohort, work)
+    assert ran == []
+    pipe, ran = _pipeline(cohort, work, ["patching.patch_size=192"])
+    assert ran == EARLY  # every stage reads the patches
+    fresh, _ = _pipeline(cohort, tmp_path / "fresh", ["patching.patch_size=192"])
+    got, want = _arrays(pipe), _arrays(fresh)
+    assert got.keys() == want.keys() and len(got) == 7
+    for key in want:
+        for a, b in zip(got[key], want[key]):
+            np.testing.assert_array_equal(a, b, err_msg=key)
+    with h5py.File(pipe.paths.clam_dir / "patches" / "tumor_001.h5") as f:
+        assert f["coords"].attrs["patch_size"] == 192
+    # a changed threshold reruns patch_labels only (of these stages)
+    _, ran = _pipeline(cohort, work, ["patching.patch_size=192", "annotations.threshold=0.9"])
+    assert ran == ["patch_labels"]
