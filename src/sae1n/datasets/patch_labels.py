@@ -367,41 +367,53 @@ def write_patch_labels(path, coords, fraction, threshold: float, *, size=None, p
 
 def read_patch_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(coords (N, 2) int64, tumor_fraction (N,) float32, label (N,) uint8) of one slide."""
+    coords, fraction, label, _ = _read_labels(path, need_label=True)
+    return coords, fraction, label
+
+
+def read_patch_label_file(path: str | os.PathLike):
+    """(coords (N, 2) int64, tumor_fraction (N,) float64, threshold attribute or None)
+    of one slide's patch-label file (the form evaluation and heatmaps use)."""
+    coords, fraction, _, threshold = _read_labels(path, need_label=False)
+    return coords, fraction.astype(np.float64), threshold
+
+
+def _read_labels(path, need_label: bool):
+    """The one reader of ``<slide>.h5`` patch-label files; every problem is one
+    error naming the file."""
     path = Path(path)
+    fix = "re-create it with `sae1n patch-labels`"
     if not path.is_file():
         raise InputFileError(path, "patch-label file not found", "run `sae1n patch-labels` first")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("coords", "tumor_fraction", "label") if k not in f]
+            needed = ("coords", "tumor_fraction", "label") if need_label else ("coords", "tumor_fraction")
+            missing = [k for k in needed if k not in f]
             if missing:
                 raise InputFileError(
-                    path, f"missing dataset(s) {missing}", "re-create it with `sae1n patch-labels`"
+                    path, f"missing dataset(s) {missing} (datasets: {sorted(f.keys())})", fix
                 )
             coords = np.asarray(f["coords"][()], dtype=np.int64)
             fraction = np.asarray(f["tumor_fraction"][()], dtype=np.float32)
-            label = np.asarray(f["label"][()], dtype=np.uint8)
+            label = np.asarray(f["label"][()], dtype=np.uint8) if "label" in f else None
+            thr = f.attrs.get("threshold")
     except OSError as exc:
-        raise InputFileError(
-            path, f"cannot be read as HDF5 ({exc})", "re-create it with `sae1n patch-labels`"
-        ) from exc
+        raise InputFileError(path, f"cannot be read as HDF5 ({exc})", fix) from exc
     n = len(fraction)
-    if coords.shape != (n, 2) or label.shape != (n,):
+    if coords.shape != (n, 2) or (label is not None and label.shape != (n,)):
         raise InputFileError(
             path,
-            f"inconsistent shapes coords {coords.shape}, tumor_fraction {fraction.shape}, label {label.shape}",
-            "re-create it with `sae1n patch-labels`",
+            f"inconsistent shapes coords {coords.shape}, tumor_fraction {fraction.shape}"
+            + ("" if label is None else f", label {label.shape}"),
+            fix,
         )
     if (
         not np.all(np.isfinite(fraction))
         or fraction.min(initial=0) < 0
         or fraction.max(initial=0) > 1
     ):
-        raise InputFileError(
-            path,
-            "tumor_fraction has values outside [0, 1] or NaN",
-            "re-create it with `sae1n patch-labels`",
-        )
-    return coords, fraction, label
+        raise InputFileError(path, "tumor_fraction has values outside [0, 1] or NaN", fix)
+    return coords, fraction, label, (None if thr is None else float(thr))
 
 
 def _readable_labels(path: Path) -> bool:
