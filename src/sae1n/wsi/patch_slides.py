@@ -432,6 +432,8 @@ def create_patches(
         _, cur = plan_outputs(expected, overwrite=overwrite, valid=_readable)
         current = set(cur)
     remove_stale_temp_files(save_dir)
+    if not list_prov.matches(_read_prov(out_csv)):
+        write_sidecar(out_csv, list_prov)  # before the list, so a parallel run sees it current
 
     done_here: list[str] = []
 
@@ -497,8 +499,6 @@ def create_patches(
             _set(df, idx, **row)
     finally:
         flush()
-    if done_here or not (out_csv.is_file() and list_prov.matches(_read_prov(out_csv))):
-        write_sidecar(out_csv, list_prov)
     df.attrs["processed_here"] = list(done_here)
     return df
 
