@@ -230,66 +230,73 @@ def extract_features(
     )
     t_start, last_write = time.perf_counter(), time.perf_counter()
     try:
-        for sid, patch_status in progress(slides, desc="slides", total=len(slides), leave=True):
-            t0 = time.perf_counter()
-            outs = expected.get(sid, {})
-            if auto_skip and outs and all(p in current for p in outs):
-                summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
-                continue
-            with item_lock(feat_dir, sid) as mine:
-                if not mine:
-                    summary.results.append(
-                        SlideResult(sid, "busy", reason="another process is extracting this slide")
-                    )
-                    continue
-                if auto_skip and outs and all(is_current(p, prov) for p, prov in outs.items()):
+        try:
+            for sid, patch_status in progress(slides, desc="slides", total=len(slides), leave=True):
+                t0 = time.perf_counter()
+                outs = expected.get(sid, {})
+                if auto_skip and outs and all(p in current for p in outs):
                     summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
                     continue
-                try:
-                    res = _extract_one(
-                        encoder,
-                        sid,
-                        patch_status,
-                        pdir,
-                        slide_dir,
-                        slide_ext,
-                        feat_dir,
-                        batch_size=batch_size,
-                        num_workers=num_workers,
-                        backend=backend,
-                        max_region=max_region,
-                        provenance=next(iter(outs.values()), None),
-                    )
-                except Exception as exc:  # one slide's failure never stops the batch
-                    if is_disk_error(exc):
-                        raise disk_error(feat_dir, exc) from None
-                    reason = (
-                        str(exc)
-                        if isinstance(exc, Sae1nError | RegionReadError)
-                        else f"{type(exc).__name__}: {exc}"
-                    )
-                    log.warning("slide %s failed: %s", sid, reason)
-                    log.debug("slide %s traceback", sid, exc_info=True)
-                    res = SlideResult(sid, "failed", reason=reason)
-            res.seconds = time.perf_counter() - t0
-            summary.results.append(res)
-            if res.status in ("extracted", "empty") and not is_current(info_path, info_prov):
+                with item_lock(feat_dir, sid) as mine:
+                    if not mine:
+                        summary.results.append(
+                            SlideResult(sid, "busy", reason="another process is extracting this slide")
+                        )
+                        continue
+                    if auto_skip and outs and all(
+                        is_current(p, prov) and _readable_bag(p) for p, prov in outs.items()
+                    ):
+                        summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
+                        continue
+                    try:
+                        res = _extract_one(
+                            encoder,
+                            sid,
+                            patch_status,
+                            pdir,
+                            slide_dir,
+                            slide_ext,
+                            feat_dir,
+                            batch_size=batch_size,
+                            num_workers=num_workers,
+                            backend=backend,
+                            max_region=max_region,
+                            provenance=next(iter(outs.values()), None),
+                        )
+                    except Exception as exc:  # one slide's failure never stops the batch
+                        if is_disk_error(exc):
+                            raise disk_error(feat_dir, exc) from None
+                        reason = (
+                            str(exc)
+                            if isinstance(exc, Sae1nError | RegionReadError)
+                            else f"{type(exc).__name__}: {exc}"
+                        )
+                        log.warning("slide %s failed: %s", sid, reason)
+                        log.debug("slide %s traceback", sid, exc_info=True)
+                        res = SlideResult(sid, "failed", reason=reason)
+                res.seconds = time.perf_counter() - t0
+                summary.results.append(res)
+                if res.status in ("extracted", "empty") and not is_current(info_path, info_prov):
+                    atomic_write_json(info_path, _info(encoder))
+                    write_sidecar(info_path, info_prov)
+                if time.perf_counter() - last_write > 5:
+                    _write_status(summary)
+                    last_write = time.perf_counter()
+            if any(r.status == "skipped" for r in summary.results) and not is_current(
+                info_path, info_prov
+            ):
                 atomic_write_json(info_path, _info(encoder))
                 write_sidecar(info_path, info_prov)
-            if time.perf_counter() - last_write > 5:
+        finally:
+            summary.seconds = time.perf_counter() - t_start
+            try:
                 _write_status(summary)
-                last_write = time.perf_counter()
-        if any(r.status == "skipped" for r in summary.results) and not is_current(
-            info_path, info_prov
-        ):
-            atomic_write_json(info_path, _info(encoder))
-            write_sidecar(info_path, info_prov)
-    finally:
-        summary.seconds = time.perf_counter() - t_start
-        try:
-            _write_status(summary)
-        except OSError as exc:  # the disk is full: the error above says so
-            log.warning("could not write %s: %s", summary.status_csv, exc)
+            except OSError as exc:  # the disk is full: the error above says so
+                log.warning("could not write %s: %s", summary.status_csv, exc)
+    except Exception as exc:  # a full disk anywhere (locks, outputs, status): one error
+        if is_disk_error(exc):
+            raise disk_error(feat_dir, exc) from None
+        raise
     return summary
 
 

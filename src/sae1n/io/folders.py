@@ -10,6 +10,8 @@ from pathlib import Path
 from sae1n.errors import InputFileError
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# h5py and torch report a full disk in their own exception texts
+_DISK_TEXTS = ("No space left on device", "errno = 28", "Disk quota exceeded", "Read-only file system")
 
 
 def writable_dir(path: str | os.PathLike, option: str = "--save_dir") -> Path:
@@ -34,19 +36,28 @@ def writable_dir(path: str | os.PathLike, option: str = "--save_dir") -> Path:
 
 def is_disk_error(exc: BaseException) -> bool:
     """True for 'no space left', 'quota exceeded' and 'read-only file system'."""
-    while exc is not None:
+    seen = 0
+    while exc is not None and seen < 10:
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             return True
-        exc = exc.__cause__ or exc.__context__
+        if any(t in str(exc) for t in _DISK_TEXTS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
 
 
 def disk_error(folder: str | os.PathLike, exc: BaseException) -> InputFileError:
     """The one error for a full (or read-only) output folder; finished work is kept."""
-    inner = exc
-    while inner is not None and not (isinstance(inner, OSError) and inner.errno in DISK_ERRNOS):
+    inner, why = exc, ""
+    while inner is not None and not why:
+        if isinstance(inner, OSError) and inner.errno in DISK_ERRNOS and inner.strerror:
+            why = inner.strerror
+        else:
+            why = next((t for t in _DISK_TEXTS[:1] + _DISK_TEXTS[2:] if t in str(inner)), "")
+            if not why and "errno = 28" in str(inner):
+                why = "No space left on device"
         inner = inner.__cause__ or inner.__context__
-    why = (inner.strerror if isinstance(inner, OSError) and inner.strerror else str(exc)) or "disk error"
+    why = why or "disk error"
     return InputFileError(
         folder,
         f"cannot be written any more ({why}); the slides finished so far are kept",

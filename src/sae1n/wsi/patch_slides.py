@@ -455,7 +455,9 @@ def create_patches(
                 if not mine:
                     _set(df, idx, status=BUSY, reason="another process is working on this slide")
                     continue
-                if auto_skip and outs and all(is_current(p, prov) for p, prov in outs.items()):
+                if auto_skip and outs and all(
+                    is_current(p, prov) and _readable(p) for p, prov in outs.items()
+                ):
                     # another process finished it since the plan
                     _set_existing(df, idx, save_dir / "patches" / f"{slide_id}.h5", patch)
                     continue
@@ -497,8 +499,15 @@ def create_patches(
             if row["status"] in (FAILED, FAILED_SEG):
                 log.warning("%s: %s: %s", name, row["status"], row["reason"])
             _set(df, idx, **row)
+    except Exception as exc:  # a full disk anywhere (locks, outputs, the list): one error
+        if is_disk_error(exc):
+            raise disk_error(save_dir, exc) from None
+        raise
     finally:
-        flush()
+        try:
+            flush()
+        except OSError as exc:  # the disk is full: the error above says so
+            log.warning("could not write %s: %s", out_csv, exc)
     df.attrs["processed_here"] = list(done_here)
     return df
 
