@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from sae1n.cli import main
+from sae1n.demo.synthetic import write_pyramidal_tiff
 from sae1n.io.provenance import read_provenance
 
-from .staleness_data import make_cohort, snapshot
+from .staleness_data import make_cohort, snapshot, tissue
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,17 @@ def test_extract_features_refuses_changed_input_size_and_patches(cohort, tmp_pat
     _refuses(capsys, feat, code, "h5_files/normal_001.h5", "settings.input_size: 128 -> 64")
     assert snapshot(feat) == before  # the issue: info must not be rewritten to say 64
     assert _extract(cohort, clam, feat, "--target_patch_size", "64", "--overwrite") == 0
+    # a changed slide file makes its features stale too (small files: by content hash)
+    slide = cohort["slides"] / "test_001.tif"
+    original = slide.read_bytes()
+    write_pyramidal_tiff(slide, tissue(9), mpp=0.5, levels=2, tile=256)
+    try:
+        before = snapshot(feat)
+        code = _extract(cohort, clam, feat, "--target_patch_size", "64")
+        _refuses(capsys, feat, code, "test_001.h5", "inputs.slide.sha256")
+        assert snapshot(feat) == before
+    finally:
+        slide.write_bytes(original)
     info = json.loads((feat / "extraction_info.json").read_text())
     assert info["input_size"] == 64
     assert read_provenance(feat / "pt_files" / "tumor_001.pt").settings["input_size"] == 64

@@ -718,13 +718,15 @@ class Pipeline:
 
     def figure_slides(self) -> list[str]:
         """Test slides to draw: tumour slides first (most tumour patches), then others."""
-        import pandas as pd
 
         from sae1n.datasets import read_split
 
         split = read_split(self.paths.split_csv(int(self.cfg.splits.fold)))
         test = list(split["test"]) or list(split["val"])
-        labels = pd.read_csv(self.paths.metadata_csv).set_index("slide_id")["label"].to_dict()
+        from sae1n.io.tables import read_csv
+
+        labels = read_csv(self.paths.metadata_csv, "metadata CSV", "re-run create-metadata")
+        labels = labels.set_index("slide_id")["label"].to_dict()
         tumour = [s for s in test if str(labels.get(s)) == "tumor"]
         rest = [s for s in test if s not in tumour]
         return (tumour + rest)[: int(self.cfg.figures.n_slides)]

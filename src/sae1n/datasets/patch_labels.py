@@ -454,11 +454,9 @@ def warn_if_outside(annotation, coords, size, path) -> None:
 
 
 def _providers_from_csv(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise InputFileError(
-            path, "file not found", "pass PANDA's train.csv or the panda metadata CSV"
-        )
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    from sae1n.io.tables import read_csv
+
+    table = read_csv(path, "file", "pass PANDA's train.csv or the panda metadata CSV").fillna("")
     id_column = next((c for c in ("image_id", "slide_id") if c in table.columns), None)
     if id_column is None or "data_provider" not in table.columns:
         raise InputFileError(

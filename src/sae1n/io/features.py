@@ -159,7 +159,8 @@ def _read_h5(path: Path, dense: bool) -> FeatureBag:
     except OSError as exc:
         raise InputFileError(path, f"is not a readable HDF5 file ({exc})", "delete it and re-run the stage that writes it") from exc
     with f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        # the file's own provenance record is not a property to copy onward (read_provenance reads it)
+        attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "sae1n_provenance"}
         coords = None
         if "coords" in f:
             coords = f["coords"][()]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sae1n.errors import ConfigError, InputFileError
+from sae1n.io.provenance import PROVENANCE_KEY
 
 MPP_SNAP_TOLERANCE = 0.02  # scanners write e.g. 0.499 or 0.2527 for nominal 0.5 / 0.25 um/px
 
@@ -254,8 +255,8 @@ def read_patch_file(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             ds = f["coords"]
             coords = np.asarray(ds[:])
             # file-level attributes (feature h5 files) first; CLAM's coords attributes win
-            attrs = {
-                **{k: _plain(v) for k, v in f.attrs.items()},
+            attrs = {  # the file's provenance record stays with the file (read_provenance)
+                **{k: _plain(v) for k, v in f.attrs.items() if k != PROVENANCE_KEY},
                 **{k: _plain(v) for k, v in ds.attrs.items()},
             }
     except InputFileError:

@@ -114,16 +114,13 @@ def read_process_list(
     p = Path(path)
     if not p.is_file() and save_dir is not None and (Path(save_dir) / p).is_file():
         p = Path(save_dir) / p
+    from sae1n.io.tables import read_csv
+
     if not p.is_file():
         raise InputFileError(
             p, "process list not found", "give the CSV path (or a name inside --save_dir)"
         )
-    try:
-        return pd.read_csv(p, keep_default_na=True)
-    except Exception as exc:
-        raise InputFileError(
-            p, f"cannot be read as CSV ({exc})", "use the format of process_list_autogen.csv"
-        ) from exc
+    return read_csv(p, "process list", "use the format of process_list_autogen.csv", strings=False)
 
 
 def existing_patch_count(path: Path) -> int | None:
