@@ -509,6 +509,7 @@ class Pipeline:
             magnification=c.magnification,
             backend=self.cfg.slides.backend,
             overwrite=True,  # the pipeline owns its work_dir: stale slides are redone
+            auto_skip=not self.force,  # --force: every slide
         )
         counts = frame["status"].value_counts().to_dict() if "status" in frame else {}
         n_ok = sum(v for k, v in counts.items() if k in ("processed", "already_exist"))
@@ -535,6 +536,7 @@ class Pipeline:
             device=e.device,
             backend=self.cfg.slides.backend,
             overwrite=True,
+            auto_skip=not self.force,
         )
         if summary.failed:
             names = ", ".join(r.slide_id for r in summary.failed[:5])
