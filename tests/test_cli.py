@@ -27,3 +27,12 @@ def test_every_subcommand_has_help():
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_standalone_stages_take_overwrite():
+    """Every standalone stage that refuses stale outputs offers --overwrite."""
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices
+    for name in ("create-patches", "extract-features", "create-metadata", "create-splits", "patch-labels"):
+        help_text = " ".join(choices[name].format_help().split())
+        assert "--overwrite" in help_text and "other settings" in help_text, name

@@ -4,22 +4,27 @@
 for generated slides) runs: create-patches -> extract-features ->
 create-metadata -> create-splits -> train-sae -> save-sae-features ->
 analyze-sae -> patch-labels -> train-mil -> evaluate-patches -> heatmap ->
-report. Each stage records a fingerprint of its settings in
-``<work_dir>/pipeline_state.json`` when it completes; a re-run skips stages
-whose settings are unchanged and whose outputs still exist, and every stage
-also resumes its own partial work. The run stops at the first failing stage.
-Outputs follow the paper's layout inside ``work_dir``.
+report, as a dependency graph (:data:`GRAPH`): each stage declares the stages
+whose outputs it reads and the config keys it uses, and its fingerprint is a
+hash of those settings (and the identity of the user files they name) plus the
+fingerprints of its upstream stages. ``<work_dir>/pipeline_state.json`` records
+each completed stage's fingerprint; a re-run skips a stage whose fingerprint
+is unchanged and whose outputs exist, and reruns exactly the stages downstream
+of a change. The pipeline owns its ``work_dir``: a changed stage replaces its
+outputs (stages with per-file provenance are called with ``overwrite=True``;
+the others' old outputs are moved aside, deleted on success and restored on
+failure), so a changed SAE setting starts a new SAE run. The run stops at the
+first failing stage. Outputs follow the paper's layout inside ``work_dir``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -146,12 +151,161 @@ class PipelinePaths:
         return self.work / "output"
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One node of the pipeline graph: the stages whose outputs it reads and
+    the config keys (dotted) that shape its own outputs."""
+
+    name: str
+    reads: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+
+
+# The graph, in run order. A stage's fingerprint is a hash of its keys' values
+# (and the identity of the files they name) plus the fingerprints of the
+# stages it reads, so a change anywhere reruns exactly what lies downstream.
+GRAPH: tuple[Stage, ...] = (
+    Stage("create_patches", (), ("slides.dir", "slides.ext", "patching")),
+    Stage("extract_features", ("create_patches",), ("slides.dir", "slides.ext", "encoder.name", "encoder.checkpoint")),
+    Stage("create_metadata", ("extract_features",), ("task", "annotations.dir", "reference_csv", "panda_csv")),
+    Stage("create_splits", ("create_metadata",), ("task", "seed", "splits.k", "splits.repeats")),
+    Stage("train_sae", ("extract_features", "create_splits"), ("sae", "seed", "splits.fold")),
+    Stage("save_sae_features", ("train_sae", "extract_features"), ()),
+    Stage("analyze_sae", ("save_sae_features", "create_splits", "create_metadata"), ("neurons.pooling", "splits.fold")),
+    Stage("patch_labels", ("create_patches",), ("annotations", "panda_csv")),
+    Stage(
+        "train_mil",
+        ("extract_features", "save_sae_features", "analyze_sae", "create_splits", "create_metadata"),
+        ("mil", "seed", "splits.fold"),
+    ),
+    Stage(
+        "evaluate_patches",
+        ("save_sae_features", "analyze_sae", "patch_labels", "create_splits", "create_metadata", "train_mil"),
+        ("neurons", "splits.fold"),
+    ),
+    Stage(
+        "heatmaps",
+        ("save_sae_features", "analyze_sae", "patch_labels", "train_mil", "create_splits", "create_metadata"),
+        ("figures", "slides.dir", "slides.ext", "annotations.dir", "splits.fold"),
+    ),
+    Stage(
+        "report",
+        ("train_sae", "analyze_sae", "evaluate_patches", "heatmaps", "train_mil"),
+        (),
+    ),
+)
+STAGE_SCHEMA = 1
+# subcommand spellings that differ from the stage name beyond '-' vs '_'
+_ALIASES = {"heatmap": "heatmaps", "patch_label": "patch_labels"}
+# folders of the SAE experiment written by stages after train_sae
+_SAE_DOWNSTREAM = ("encoded_features", "analysis", "evaluation", "figures", "report.html")
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in GRAPH]
+
+
+def resolve_stages(names) -> list[str]:
+    """Stage names in pipeline order from subcommand (``train-sae``) or
+    underscore (``train_sae``) spellings; unknown names are one error listing the valid ones."""
+    valid = stage_names()
+    if not names:
+        return valid
+    wanted, unknown = set(), []
+    for raw in names:
+        for part in str(raw).split(","):
+            key = part.strip().lower().replace("-", "_")
+            if not key:
+                continue
+            key = _ALIASES.get(key, key)
+            (wanted.add(key) if key in valid else unknown.append(part))
+    if unknown:
+        raise ConfigError(
+            f"unknown stage(s) {', '.join(map(repr, unknown))}; valid stages (in order): "
+            + ", ".join(n.replace("_", "-") for n in valid)
+        )
+    return [n for n in valid if n in wanted]
+
+
 @dataclass
 class StageResult:
+    """What one stage did: ``done`` or ``skipped`` (fingerprint and outputs current)."""
+
     name: str
-    status: str  # done | skipped
+    status: str
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+@dataclass
+class PatchingInfo:
+    statuses: dict
+
+
+@dataclass
+class ExtractionInfo:
+    dim: int
+    extracted: int
+    skipped: int
+    failed: int
+    patches_per_second: float
+
+
+@dataclass
+class MetadataInfo:
+    slides: int
+    labels: dict
+
+
+@dataclass
+class SplitsInfo:
+    files: list
+
+
+@dataclass
+class SaeInfo:
+    exp_dir: str
+
+
+@dataclass
+class EncodingInfo:
+    encoded: int
+    skipped: int
+
+
+@dataclass
+class AnalysisInfo:
+    top_unit: int
+    p_value: float
+    t_statistic: float
+
+
+@dataclass
+class LabelsInfo:
+    slides: int = 0
+    skipped: bool = False
+
+
+@dataclass
+class EvaluationInfo:
+    unit: int | None = None
+    patch_auroc: float | None = None
+    patch_ap: float | None = None
+    slide_auroc: float | None = None
+    f1: float | None = None
+    skipped: bool = False
+
+
+@dataclass
+class FiguresInfo:
+    unit: int
+    files: int
+
+
+@dataclass
+class ReportInfo:
+    report: str
 
 
 class Pipeline:
@@ -167,86 +321,159 @@ class Pipeline:
             Path(cfg.work_dir).resolve(), cfg.task, cfg.encoder.name, int(cfg.seed), cfg.sae.exp
         )
         self.state_path = self.paths.work / "pipeline_state.json"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+        self.state = self._read_state()
         self.results: dict[str, StageResult] = {}
 
-    # ------------------------------------------------------------------ driver
-    STAGES = (
-        "create_patches",
-        "extract_features",
-        "create_metadata",
-        "create_splits",
-        "train_sae",
-        "save_sae_features",
-        "analyze_sae",
-        "patch_labels",
-        "train_mil",
-        "evaluate_patches",
-        "heatmaps",
-        "report",
-    )
+    STAGES = tuple(stage_names())
 
+    def _read_state(self) -> dict:
+        if not self.state_path.is_file():
+            return {}
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            self.echo(f"warning: {self.state_path} is unreadable; every stage will run")
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    # ------------------------------------------------------------ fingerprints
+    def fingerprints(self) -> dict[str, str]:
+        """Every stage's fingerprint: its own settings plus its upstream fingerprints."""
+        from sae1n.io.provenance import Provenance
+
+        container = OmegaConf.to_container(self.cfg, resolve=True)
+        out: dict[str, str] = {}
+        for stage in GRAPH:
+            settings = {k: _select(container, k) for k in stage.keys}
+            prov = Provenance.make(
+                f"pipeline_stage:{stage.name}",
+                STAGE_SCHEMA,
+                settings,
+                {
+                    **{f"stage:{u}": out[u] for u in stage.reads},
+                    **self._file_inputs(stage, settings),
+                },
+            )
+            out[stage.name] = prov.fingerprint()
+        return out
+
+    def _file_inputs(self, stage: Stage, settings: dict) -> dict:
+        """Identity of the user's files a stage reads (slides, annotations, label CSVs)."""
+        from sae1n.io.provenance import fingerprint_of, input_identity
+
+        ids = {}
+        for key, value in settings.items():
+            if key in ("reference_csv", "panda_csv") and value:
+                ids[key] = input_identity(value)
+            if key in ("slides.dir", "annotations.dir", "annotations") and value:
+                folder = value.get("dir") if isinstance(value, dict) else value
+                if folder and Path(folder).is_dir():
+                    ids[f"{key}:files"] = fingerprint_of(
+                        [
+                            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in sorted(Path(folder).iterdir())
+                            if p.is_file()
+                        ]
+                    )
+        return ids
+
+    def _fingerprint(self, name: str) -> str:
+        return self.fingerprints()[name]
+
+    # ------------------------------------------------------------------ driver
     def run(self, stages=None) -> dict[str, StageResult]:
+        """Run ``stages`` (default all; any spelling) in pipeline order: a stage
+        whose fingerprint and outputs are current is skipped; a changed one
+        replaces its own outputs (the old ones are restored if it fails)."""
+        names = resolve_stages(stages)
         self.paths.work.mkdir(parents=True, exist_ok=True)
-        for name in stages or self.STAGES:
-            fp = self._fingerprint(name)
-            done = self.state.get(name)
-            if (
-                not self.force
-                and done
-                and done.get("fingerprint") == fp
-                and self._outputs_exist(name)
-            ):
-                self.results[name] = StageResult(name, "skipped", info=done.get("info", {}))
-                self.echo(f"[skip] {name} (complete; settings unchanged)")
+        fps = self.fingerprints()
+        selected = set(names)
+        for name in names:
+            stale_up = [
+                u
+                for u in _upstream(name)
+                if u not in selected and (self.state.get(u) or {}).get("fingerprint") != fps[u]
+            ]
+            if stale_up:
+                raise ConfigError(
+                    f"stage {name} reads the outputs of {', '.join(stale_up)}, which are missing or "
+                    f"were made with other settings; add them to --stages (or run without --stages)"
+                )
+        for name in names:
+            fp = fps[name]
+            done = self.state.get(name) or {}
+            if not self.force and done.get("fingerprint") == fp and self._outputs_exist(name):
+                self.results[name] = StageResult(name, "skipped", info=done.get("info", {}), fingerprint=fp)
+                self.echo(f"[skip] {name} (complete; settings and inputs unchanged)")
                 continue
-            self.echo(f"[run ] {name}")
+            changed = bool(done) or self.force
+            self.echo(f"[run ] {name}" + (" (settings or inputs changed)" if done and not self.force else ""))
+            # until it completes, the stage is not done (a crash leaves it to be rerun)
+            self.state.pop(name, None)
+            atomic_write_json(self.state_path, self.state)
             t0 = time.perf_counter()
+            moved = self._set_aside(name) if changed else []
             try:
-                info = getattr(self, f"_stage_{name}")() or {}
-            except Sae1nError as exc:
-                raise Sae1nError(f"stage {name} failed: {exc}") from exc
-            except Exception as exc:
-                raise Sae1nError(
-                    f"stage {name} failed: {type(exc).__name__}: {exc} (re-run with -v for the traceback)"
-                ) from exc
+                info = getattr(self, f"_stage_{name}")()
+            except BaseException as exc:
+                self._restore(name, moved)
+                if isinstance(exc, Sae1nError):
+                    raise Sae1nError(f"stage {name} failed: {exc}") from exc
+                if isinstance(exc, Exception):
+                    raise Sae1nError(
+                        f"stage {name} failed: {type(exc).__name__}: {exc} (re-run with -v for the traceback)"
+                    ) from exc
+                raise
+            _drop(moved)
+            info = asdict(info) if info is not None and hasattr(info, "__dataclass_fields__") else dict(info or {})
             secs = time.perf_counter() - t0
-            self.results[name] = StageResult(name, "done", secs, info)
+            self.results[name] = StageResult(name, "done", secs, info, fp)
             self.state[name] = {"fingerprint": fp, "seconds": round(secs, 2), "info": info}
             atomic_write_json(self.state_path, self.state)
             self.echo(f"       {name} done in {secs:.1f} s")
         return self.results
 
-    def _fingerprint(self, name: str) -> str:
-        # A stage depends on every section that a stage before it or itself reads.
-        keys = {
-            "create_patches": ["slides", "patching"],
-            "extract_features": ["slides", "patching", "encoder"],
-            "create_metadata": [
-                "slides",
-                "patching",
-                "encoder",
-                "annotations",
-                "reference_csv",
-                "panda_csv",
-                "task",
-            ],
-            "create_splits": ["splits", "seed"],
-            "train_sae": ["splits", "seed", "sae", "encoder", "patching"],
-            "save_sae_features": ["sae", "encoder", "patching"],
-            "analyze_sae": ["sae", "splits", "neurons"],
-            "patch_labels": ["annotations", "patching"],
-            "train_mil": ["mil", "sae", "splits", "neurons", "encoder"],
-            "evaluate_patches": ["sae", "splits", "neurons", "annotations", "mil"],
-            "heatmaps": ["sae", "figures", "neurons"],
-            "report": ["sae", "figures", "neurons", "mil"],
-        }[name]
-        blob = json.dumps(
-            {k: OmegaConf.to_container(self.cfg, resolve=True).get(k) for k in keys},
-            sort_keys=True,
-            default=str,
-        )
-        return hashlib.sha256(f"{name}|{blob}".encode()).hexdigest()[:16]
+    # ------------------------------------------------------------- outputs
+    def owned_outputs(self, name: str) -> list[Path]:
+        """The paths a stage owns inside work_dir, which it may replace."""
+        p = self.paths
+        if name == "train_sae":
+            if not p.sae_dir.is_dir():
+                return []
+            return [c for c in p.sae_dir.iterdir() if c.name not in _SAE_DOWNSTREAM and not c.name.startswith(".")]
+        return {
+            "save_sae_features": [p.encoded_dir],
+            "analyze_sae": [p.sae_dir / "analysis"],
+            "train_mil": [p.mil_root / "mil"],
+            "evaluate_patches": [p.sae_dir / "evaluation"],
+            "heatmaps": [p.sae_dir / "figures"],
+            "report": [p.sae_dir / "report.html"],
+        }.get(name, [])
+
+    # stages whose public API checks every output's provenance themselves: the
+    # pipeline calls them with overwrite=True instead of moving outputs aside
+    _SELF_CHECKING = ("create_patches", "extract_features", "create_metadata", "create_splits", "patch_labels")
+
+    def _set_aside(self, name: str) -> list[tuple[Path, Path]]:
+        from sae1n.io.provenance import sidecar_path
+
+        if name in self._SELF_CHECKING:
+            return []
+        moved = []
+        for path in self.owned_outputs(name):
+            for q in (path, sidecar_path(path)):
+                if q.exists() or q.is_symlink():
+                    backup = q.with_name(f".{q.name}.pipeline-old-{os.getpid()}")
+                    _remove(backup)
+                    os.replace(q, backup)
+                    moved.append((q, backup))
+        return moved
+
+    def _restore(self, name: str, moved: list[tuple[Path, Path]]) -> None:
+        for original, backup in moved:
+            _remove(original)
+            os.replace(backup, original)
 
     def _outputs_exist(self, name: str) -> bool:
         p = self.paths
@@ -258,8 +485,8 @@ class Pipeline:
             "train_sae": p.sae_dir / "checkpoints" / "sae_best.safetensors",
             "save_sae_features": p.encoded_dir,
             "analyze_sae": p.ranking_csv,
-            "patch_labels": p.patch_label_dir,
-            "train_mil": p.mil_root / "mil",
+            "patch_labels": p.patch_label_dir if self.cfg.annotations.dir else p.work,
+            "train_mil": p.mil_root / "mil" if list(self.cfg.mil.exps) else p.work,
             "evaluate_patches": p.sae_dir / "evaluation" / "patch_metrics.json",
             "heatmaps": p.sae_dir / "figures",
             "report": p.sae_dir / "report.html",
@@ -281,6 +508,8 @@ class Pipeline:
             target_mpp=c.target_mpp,
             magnification=c.magnification,
             backend=self.cfg.slides.backend,
+            overwrite=True,  # the pipeline owns its work_dir: stale slides are redone
+            auto_skip=not self.force,  # --force: every slide
         )
         counts = frame["status"].value_counts().to_dict() if "status" in frame else {}
         n_ok = sum(v for k, v in counts.items() if k in ("processed", "already_exist"))
@@ -288,7 +517,7 @@ class Pipeline:
             raise Sae1nError(
                 f"no slide was patched ({counts}); see {self.paths.clam_dir / 'process_list_autogen.csv'}"
             )
-        return {"statuses": {str(k): int(v) for k, v in counts.items()}}
+        return PatchingInfo({str(k): int(v) for k, v in counts.items()})
 
     def _stage_extract_features(self):
         from sae1n.encoders.extract import extract_features
@@ -306,13 +535,21 @@ class Pipeline:
             num_workers=e.num_workers,
             device=e.device,
             backend=self.cfg.slides.backend,
+            overwrite=True,
+            auto_skip=not self.force,
         )
         if summary.failed:
             names = ", ".join(r.slide_id for r in summary.failed[:5])
             self.echo(
                 f"       warning: feature extraction failed for {len(summary.failed)} slide(s): {names}"
             )
-        return {"dim": summary.dim, "patches_per_second": round(summary.patches_per_second, 1)}
+        return ExtractionInfo(
+            summary.dim,
+            summary.count("extracted"),
+            summary.count("skipped"),
+            len(summary.failed),
+            round(summary.patches_per_second, 1),
+        )
 
     def _stage_create_metadata(self):
         from sae1n.datasets import create_metadata
@@ -325,11 +562,11 @@ class Pipeline:
             annotation_dir=self.cfg.annotations.dir,
             panda_csv=self.cfg.panda_csv,
             reference_csv=self.cfg.reference_csv,
+            overwrite=True,
         )
-        return {
-            "slides": len(frame),
-            "labels": {str(k): int(v) for k, v in frame["label"].value_counts().items()},
-        }
+        return MetadataInfo(
+            len(frame), {str(k): int(v) for k, v in frame["label"].value_counts().items()}
+        )
 
     def _stage_create_splits(self):
         from sae1n.datasets import create_splits
@@ -342,8 +579,9 @@ class Pipeline:
             k=int(s.k),
             seed=int(self.cfg.seed),
             repeats=int(s.repeats),
+            overwrite=True,
         )
-        return {"files": len(paths)}
+        return SplitsInfo([p.name for p in paths])
 
     def sae_config(self):
         from sae1n.sae.config import load_sae_config
@@ -362,7 +600,7 @@ class Pipeline:
         from sae1n.sae.train import train_sae
 
         out = train_sae(self.sae_config())
-        return {"exp_dir": str(out)}
+        return SaeInfo(str(out))
 
     def _stage_save_sae_features(self):
         from sae1n.sae.encode import save_sae_features
@@ -370,7 +608,7 @@ class Pipeline:
         summary = save_sae_features(
             self.paths.sae_dir, self.paths.feat_dir, out_dir=self.paths.encoded_dir
         )
-        return {"encoded": len(summary.encoded), "skipped": len(summary.skipped)}
+        return EncodingInfo(len(summary.encoded), len(summary.skipped))
 
     def _stage_analyze_sae(self):
         from sae1n.neurons.ranking import analyze_sae
@@ -385,11 +623,7 @@ class Pipeline:
             pooling=self.cfg.neurons.pooling,
         )
         top = frame.iloc[0]
-        return {
-            "top_unit": int(top["unit_id"]),
-            "p_value": float(top["p_value"]),
-            "t_statistic": float(top["t_statistic"]),
-        }
+        return AnalysisInfo(int(top["unit_id"]), float(top["p_value"]), float(top["t_statistic"]))
 
     def _stage_patch_labels(self):
         from sae1n.datasets import create_patch_labels
@@ -398,7 +632,7 @@ class Pipeline:
             self.echo(
                 "       no annotations.dir: patch labels skipped (patch-level evaluation needs them)"
             )
-            return {"skipped": True}
+            return LabelsInfo(skipped=True)
         frame = create_patch_labels(
             self.paths.clam_dir / "patches",
             self.cfg.annotations.dir,
@@ -406,8 +640,9 @@ class Pipeline:
             threshold=float(self.cfg.annotations.threshold),
             annotation_format=self.cfg.annotations.format,
             panda_csv=self.cfg.panda_csv,
+            overwrite=True,
         )
-        return {"slides": len(frame)}
+        return LabelsInfo(slides=len(frame))
 
     def mil_overrides(self, exp: str) -> list[str]:
         """Point a MIL experiment at this run's folders (SAE variants at its SAE codes)."""
@@ -464,7 +699,7 @@ class Pipeline:
         p = self.paths
         if not p.patch_label_dir.is_dir():
             self.echo("       no patch labels: patch-level evaluation skipped")
-            return {"skipped": True}
+            return EvaluationInfo(skipped=True)
         result = evaluate_patches(
             p.sae_exp,
             p.split_csv(int(self.cfg.splits.fold)),
@@ -478,23 +713,22 @@ class Pipeline:
             pooling=self.cfg.neurons.pooling,
         )
         chosen = result["chosen"]
-        return {
-            "unit": int(result["chosen_unit"]),
-            **{
-                k: _num(chosen.get(k))
-                for k in ("patch_auroc", "patch_ap", "slide_auroc", "test_f1")
-            },
-        }
+        return EvaluationInfo(
+            unit=int(result["chosen_unit"]),
+            **{k: _num(chosen.get(k)) for k in ("patch_auroc", "patch_ap", "slide_auroc", "f1")},
+        )
 
     def figure_slides(self) -> list[str]:
         """Test slides to draw: tumour slides first (most tumour patches), then others."""
-        import pandas as pd
 
         from sae1n.datasets import read_split
 
         split = read_split(self.paths.split_csv(int(self.cfg.splits.fold)))
         test = list(split["test"]) or list(split["val"])
-        labels = pd.read_csv(self.paths.metadata_csv).set_index("slide_id")["label"].to_dict()
+        from sae1n.io.tables import read_csv
+
+        labels = read_csv(self.paths.metadata_csv, "metadata CSV", "re-run create-metadata")
+        labels = labels.set_index("slide_id")["label"].to_dict()
         tumour = [s for s in test if str(labels.get(s)) == "tumor"]
         rest = [s for s in test if s not in tumour]
         return (tumour + rest)[: int(self.cfg.figures.n_slides)]
@@ -519,12 +753,48 @@ class Pipeline:
             geojson=True,
             overwrite=True,
         )
-        return {"files": len(out) if hasattr(out, "__len__") else 0}
+        n_files = len(out["heatmaps"]) + len(out["geojson"]) + (1 if out.get("gallery") else 0)
+        return FiguresInfo(int(out["unit"]), n_files)
 
     def _stage_report(self):
         from sae1n.viz.reporting import report
 
-        return {"report": str(report(self.paths.sae_dir))}
+        return ReportInfo(str(report(self.paths.sae_dir)))
+
+
+def _select(container: dict, key: str):
+    node = container
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _upstream(name: str) -> set[str]:
+    """Every stage ``name`` reads from, directly or through others."""
+    by_name = {s.name: s for s in GRAPH}
+    out, todo = set(), list(by_name[name].reads)
+    while todo:
+        u = todo.pop()
+        if u not in out:
+            out.add(u)
+            todo.extend(by_name[u].reads)
+    return out
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _drop(moved: list[tuple[Path, Path]]) -> None:
+    for _, backup in moved:
+        _remove(backup)
 
 
 def _num(v):
@@ -538,6 +808,8 @@ def _num(v):
 def run_pipeline(
     config_path, overrides=(), *, force: bool = False, stages=None, echo=print
 ) -> dict[str, StageResult]:
-    """Run every stage of the pipeline YAML ``config_path`` (see :data:`DEFAULTS`)."""
+    """Run the pipeline YAML ``config_path`` (see :data:`DEFAULTS`): every stage,
+    or ``stages`` (subcommand or underscore spellings) in pipeline order."""
+    names = resolve_stages(stages)  # a misspelt stage fails before any config work
     cfg = load_pipeline_config(config_path, overrides)
-    return Pipeline(cfg, force=force, echo=echo).run(stages)
+    return Pipeline(cfg, force=force, echo=echo).run(names)

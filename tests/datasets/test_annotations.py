@@ -219,3 +219,67 @@ def test_labels_1e5_patches_against_thousands_of_vertices_quickly():
     covered = fractions.sum() * 256**2
     assert covered == pytest.approx(region.area * (256 / 316) ** 2, rel=0.02)
     assert elapsed < 15, f"{elapsed:.1f} s for {len(coords)} patches"
+
+
+# ------------------------------------------------------------ one reader for labels and outlines
+
+from sae1n.datasets.annotations import annotation_outlines  # noqa: E402
+
+
+def test_outlines_are_the_labelled_region_with_exclusions_as_holes(tmp_path):
+    """Heatmap outlines and patch labels come from the same region: an ``_2``
+    exclusion inside a tumour is a hole of the outline, not ignored."""
+    path = write_asap_xml(
+        tmp_path / "s.xml",
+        [("_0", rect(0, 0, 1000, 1000)), ("_2", rect(250, 250, 750, 750)), ("_1", rect(2000, 0, 2500, 500))],
+    )
+    rings = annotation_outlines(path)
+    assert len(rings) == 3  # two tumour exteriors + the exclusion hole
+    polys = shapely.polygons([shapely.linearrings(r) for r in rings])
+    areas = sorted(float(a) for a in shapely.area(polys))
+    assert areas == pytest.approx([500 * 500, 500 * 500, 1000 * 1000])
+    region = read_asap_xml(path)
+    hole = next(r for r in rings if shapely.Polygon(r).area == pytest.approx(250000) and r.min() >= 250)
+    assert not region.contains(shapely.Point(hole.mean(axis=0)))
+    assert annotation_outlines(tmp_path / "x_mask.tiff", "panda_mask") == []
+
+
+def test_real_camelyon16_outlines_cover_the_ncrf_polygons(shared_data):
+    xml = shared_data / "annotations" / "camelyon16_asap_xml" / "tumor_004.xml"
+    ncrf = json.loads(
+        (shared_data / "annotations" / "camelyon16_ncrf_json" / "Tumor_004.json").read_text()
+    )
+    region = read_asap_xml(xml)
+    outline = shapely.union_all(
+        [shapely.Polygon(r) for r in annotation_outlines(xml) if shapely.Polygon(r).is_valid]
+    )
+    for p in ncrf["positive"]:
+        poly = shapely.make_valid(shapely.Polygon(p["vertices"]))
+        # every NCRF tumour polygon lies in the region the labels and the outline share
+        assert region.buffer(1).contains(poly.buffer(-1))
+        assert outline.buffer(1).contains(poly.buffer(-1))
+
+
+def test_self_intersecting_geojson_polygon_is_repaired_with_a_warning(tmp_path, caplog):
+    import logging
+
+    bow_tie = [[0, 0], [100, 100], [100, 0], [0, 100], [0, 0]]
+    path = tmp_path / "s.geojson"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Polygon", "coordinates": [bow_tie]},
+                        "properties": {"classification": {"name": "Tumor"}},
+                    }
+                ],
+            }
+        )
+    )
+    with caplog.at_level(logging.WARNING):
+        region = read_geojson(path)
+    assert region.is_valid and region.area == pytest.approx(5000)
+    assert "Self-intersection" in caplog.text and "repaired" in caplog.text and "s.geojson" in caplog.text

@@ -17,6 +17,7 @@ from sae1n.datasets import (
 )
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import write_bag
+from sae1n.io.provenance import StaleOutputError
 
 from .conftest import rect, write_asap_xml, write_coords
 
@@ -65,15 +66,22 @@ def test_patch_labels_end_to_end_and_resume(cohort, caplog):
     }
     assert pd.read_csv(out / "summary.csv")["n_tumor"].tolist() == [2, 0]
 
-    # resume: same inputs keep the outputs; a changed annotation or threshold recomputes
+    # resume: same inputs keep the outputs; a changed annotation or threshold is
+    # refused (nothing rewritten) and recomputed with overwrite
     again = create_patch_labels(cohort / "run", cohort / "ann", out, threshold=0.6)
     assert again["status"].tolist() == ["kept", "kept"]
     write_asap_xml(cohort / "ann" / "slide_a.xml", [("_0", rect(0, 0, 1280, 256))])
     os.utime(cohort / "ann" / "slide_a.xml", ns=(1, 1))
-    changed = create_patch_labels(cohort / "run", cohort / "ann", out, threshold=0.6)
+    before = (out / "slide_a.h5").read_bytes()
+    with pytest.raises(StaleOutputError, match=r"slide_a\.h5[\s\S]*inputs\.annotation"):
+        create_patch_labels(cohort / "run", cohort / "ann", out, threshold=0.6)
+    assert (out / "slide_a.h5").read_bytes() == before
+    changed = create_patch_labels(cohort / "run", cohort / "ann", out, threshold=0.6, overwrite=True)
     assert changed["status"].tolist() == ["written", "kept"]
     assert read_patch_labels(out / "slide_a.h5")[2].tolist() == [1, 1, 1, 0, 1]
-    lower = create_patch_labels(cohort / "run", cohort / "ann", out, threshold=0.5)
+    with pytest.raises(StaleOutputError, match=r"settings\.threshold: 0\.6 -> 0\.5"):
+        create_patch_labels(cohort / "run", cohort / "ann", out, threshold=0.5)
+    lower = create_patch_labels(cohort / "run", cohort / "ann", out, threshold=0.5, overwrite=True)
     assert lower["status"].tolist() == ["written", "written"]
 
 

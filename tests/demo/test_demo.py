@@ -55,7 +55,9 @@ def test_demo_outputs_exist_and_are_valid(demo_dir):
     heatmaps = list((sae / "figures" / "heatmaps").glob("*.png"))
     assert len(heatmaps) == 2
     html = (sae / "report.html").read_text()
-    assert "data:image/png;base64" in html and "sae_analysis_t_test" in html or "unit" in html
+    assert "data:image/png;base64" in html  # figures are embedded
+    assert "<h2>Neuron ranking</h2>" in html and "No ranking yet" not in html
+    assert f"unit{metrics['chosen_unit']}_top16" in html  # the chosen neuron's gallery
     assert (demo_dir / "pipeline.yaml").is_file()
 
 
@@ -80,6 +82,24 @@ def test_pipeline_yaml_written_by_demo_runs_as_pipeline(demo_dir, capsys):
     assert "skipped" in capsys.readouterr().out
 
 
+def test_changed_mil_setting_reruns_exactly_the_stages_downstream(demo_dir, capsys):
+    """The issue's case in the real pipeline: a MIL learning rate reruns train-mil
+    and what reads it, nothing upstream; a re-run with it is then complete."""
+    yaml = str(demo_dir / "pipeline.yaml")
+    ov = "mil.overrides=[max_epochs=8,device=cpu,optimizer.lr=0.003]"
+    ckpt = demo_dir / "output" / "sae" / "demo" / "checkpoints" / "sae_best.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    assert main(["pipeline", yaml, ov]) == 0
+    out = capsys.readouterr().out
+    ran = [line.split()[2] for line in out.splitlines() if line.startswith("[run ]")]
+    assert ran == ["train_mil", "evaluate_patches", "heatmaps", "report"], out
+    assert ckpt.stat().st_mtime_ns == before
+    assert main(["pipeline", yaml, ov]) == 0
+    assert "[run ]" not in capsys.readouterr().out
+    assert main(["pipeline", yaml, "--stages", "train_sea"]) == 1
+    assert "train-sae" in capsys.readouterr().err
+
+
 def test_demo_tiles_mode_on_real_camelyon16_tiles(shared_data, tmp_path):
     """`sae1n demo --quick --tiles DIR` runs the same pipeline on mosaics of real tiles."""
     tiles = shared_data / "tiles" / "camelyon16_didsr_256"
@@ -98,5 +118,9 @@ def test_demo_tiles_mode_on_real_camelyon16_tiles(shared_data, tmp_path):
             / "patch_metrics.json"
         ).read_text()
     )
-    # honest check only: the metric exists and is a probability; real tiles are harder than the synthetic ones
-    assert 0.0 <= metrics["chosen"]["patch_auroc"] <= 1.0
+    chosen = metrics["chosen"]
+    # both classes are among the test patches, so the AUROC means something ...
+    assert 0 < chosen["n_positive"] < chosen["n_patches"]
+    # ... and the selected neuron separates tumour from normal tiles (measured 1.000 with
+    # `sae1n demo --quick --tiles .../camelyon16_didsr_256`; 0.5 would be chance)
+    assert chosen["patch_auroc"] > 0.9

@@ -63,3 +63,20 @@ def test_write_bag_crash_mid_h5(tmp_path, monkeypatch):
         write_bag(tmp_path, "s", np.ones((2, 3), np.float32), np.zeros((2, 2)))
     assert not (tmp_path / "h5_files" / "s.h5").exists()
     assert os.listdir(tmp_path / "h5_files") == []
+
+
+def test_every_atomic_file_gets_the_normal_mode_even_from_writers_using_0600(tmp_path):
+    """safetensors writes 0600; SAE and MIL checkpoints must not differ from other outputs."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sae1n.io.atomic import _FILE_MODE, atomic_path, atomic_write_text
+
+    out = tmp_path / "out"
+    with atomic_path(out / "a.safetensors") as tmp:
+        save_file({"x": torch.zeros(2)}, str(tmp))
+    with atomic_path(out / "b.pt") as tmp:
+        torch.save({"x": 1}, tmp)
+    atomic_write_text(out / "c.csv", "x\n")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"a.safetensors": _FILE_MODE, "b.pt": _FILE_MODE, "c.csv": _FILE_MODE}

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from sae1n.errors import InputFileError
 from sae1n.io.locks import item_lock, remove_stale_temp_files, try_lock
 from sae1n.io.provenance import (
     Provenance,
@@ -23,7 +24,6 @@ from sae1n.io.provenance import (
     write_sidecar,
 )
 from sae1n.io.slide_ids import path_within, validate_slide_id
-from sae1n.errors import InputFileError
 
 
 def _prov(**settings):

@@ -110,3 +110,48 @@ except MemoryError:
     total_line, load_line = out.stdout.split()
     assert float(total_line) == pytest.approx(rows * (rows - 1) / 2)
     assert load_line == "MEMORYERROR"
+
+
+def _corrupt(path, offset, keep_mtime=False):
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_corrupted_store_of_the_same_size_is_detected_and_rebuilt(tmp_path, caplog, keep_mtime):
+    import logging
+
+    from sae1n.io.store import verify_store
+
+    data = _cohort(tmp_path / "feats", sizes=(3000, 0, 2000), d=16)  # ~320 KB of features
+    paths = feature_paths(tmp_path / "feats")
+    store = open_packed_store(paths, tmp_path / "store")
+    assert verify_store(tmp_path / "store") == [] and verify_store(tmp_path / "store", full=True) == []
+    del store
+    feats = tmp_path / "store" / "features.npy"
+    # the last byte is always in a sampled block; a byte elsewhere changes the mtime
+    _corrupt(feats, feats.stat().st_size - 1 if keep_mtime else feats.stat().st_size // 2 + 7, keep_mtime)
+    problems = verify_store(tmp_path / "store")
+    assert problems and problems[0].startswith("features.npy")
+    with caplog.at_level(logging.WARNING):
+        store = open_packed_store(paths, tmp_path / "store")
+    assert "is damaged" in caplog.text and "rebuilding" in caplog.text
+    for sid, (f, _) in data.items():
+        np.testing.assert_array_equal(store.slide(sid), f)  # rebuilt from the bags
+    assert verify_store(tmp_path / "store") == []
+
+
+def test_full_verification_finds_damage_the_sample_misses(tmp_path):
+    from sae1n.io.store import CHECK_BLOCK_BYTES, verify_store
+
+    _cohort(tmp_path / "feats", sizes=(80000,), d=16)  # 5.1 MB: the sampled blocks leave gaps
+    open_packed_store(feature_paths(tmp_path / "feats"), tmp_path / "store")
+    feats = tmp_path / "store" / "features.npy"
+    _corrupt(feats, CHECK_BLOCK_BYTES + 100, keep_mtime=True)  # between two sampled blocks
+    assert verify_store(tmp_path / "store") == []  # the cheap check's documented limit
+    assert verify_store(tmp_path / "store", full=True) == ["features.npy: full hash differs"]

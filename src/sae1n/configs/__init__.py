@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sae1n.errors import ConfigError
 
@@ -69,19 +69,75 @@ def _load_tree(kind: str, name: str, extra, seen: tuple[str, ...] = ()) -> DictC
     return OmegaConf.merge(merged, cfg)
 
 
-def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Apply ``key=value`` / ``+key=value`` overrides; unknown plain keys are errors."""
+_MISSING = "__sae1n_missing__"
+
+
+def _type_name(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean (true/false)"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, ListConfig | list):
+        return "a list, e.g. [a, b]"
+    if isinstance(value, DictConfig | dict):
+        return "a mapping, e.g. {key: value}"
+    return type(value).__name__
+
+
+def _same_kind(old, new) -> bool:
+    """Whether ``new`` may replace ``old`` (the YAML's value fixes the type)."""
+    if old is None or new is None or isinstance(old, str):
+        return True
+    if isinstance(old, bool):
+        return isinstance(new, bool)
+    if isinstance(old, int):
+        return isinstance(new, int) and not isinstance(new, bool)
+    if isinstance(old, float):
+        return isinstance(new, int | float) and not isinstance(new, bool)
+    if isinstance(old, ListConfig | list):
+        return isinstance(new, ListConfig | list)
+    if isinstance(old, DictConfig | dict):
+        return isinstance(new, DictConfig | dict)
+    return True
+
+
+def apply_overrides(
+    cfg: DictConfig, overrides: Sequence[str], source: str | os.PathLike | None = None
+) -> DictConfig:
+    """Apply ``key=value`` / ``+key=value`` overrides; unknown plain keys are errors.
+
+    A value must have the type of the value it replaces (an integer for an
+    integer, a number for a float, true/false for a boolean, a list for a
+    list): ``training.lr=abc`` is one :class:`ConfigError` naming the key, the
+    value and the expected type. Hydra's ``exp.training.lr=...`` spelling is
+    accepted for ``training.lr=...``."""
+    where = f" (in {source})" if source is not None else ""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
         add = key.startswith("+")
         key = key.lstrip("+")
-        if not add and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if key.startswith("exp.") and OmegaConf.select(cfg, key, default=_MISSING) == _MISSING:
+            key = key[len("exp.") :]  # Hydra spelling of the paper's commands
+        old = OmegaConf.select(cfg, key, default=_MISSING)
+        if not add and old == _MISSING:
             raise ConfigError(
-                f"unknown config key {key!r}; spell it +{key}={value} to add a new key"
+                f"unknown config key {key!r}{where}; spell it +{key}={value} to add a new key"
             )
-        parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+        try:
+            parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+        except Exception as exc:  # omegaconf's grammar errors
+            raise ConfigError(f"override {item!r}{where} cannot be parsed ({exc})") from exc
+        new = OmegaConf.select(parsed, key)
+        if old != _MISSING and not _same_kind(old, new):
+            raise ConfigError(
+                f"{key}={value}{where}: expected {_type_name(old)} (the config has {key}: "
+                f"{OmegaConf.to_yaml(old).strip() if isinstance(old, DictConfig | ListConfig) else old!r}), "
+                f"got {value!r}"
+            )
         cfg = OmegaConf.merge(cfg, parsed)
     return cfg
 
@@ -94,7 +150,7 @@ def load_experiment(
 ) -> DictConfig:
     """Load the ``exp`` config of ``kind`` (``sae`` or ``mil``) with overrides."""
     cfg = _load_tree(kind, exp, search_dirs)
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides, source=_find(kind, exp, search_dirs))
     OmegaConf.set_struct(cfg, False)
     cfg.exp_name = Path(exp).stem
     return cfg

@@ -159,6 +159,14 @@ def read_geojson(
                 f"a {name!r} feature has an invalid geometry ({exc})",
                 "re-export the annotations",
             ) from exc
+        if not geometry.is_valid:
+            log.warning(
+                "%s: a %r polygon is invalid (%s); repaired with shapely.make_valid "
+                "(a self-intersecting outline becomes its enclosed areas)",
+                path,
+                name,
+                shapely.is_valid_reason(geometry),
+            )
         parts = _polygonal(shapely.make_valid(geometry))
         (tumor if key in tumor_keys else excluded).extend(parts)
     names = {n for n in seen if n}
@@ -304,6 +312,22 @@ def find_annotation(
     return None
 
 
+def annotated_slide_ids(
+    annotation_dir: str | os.PathLike, formats: tuple[str, ...] = ("asap", "geojson")
+) -> set[str]:
+    """Slide ids that have an annotation file of one of ``formats`` in ``annotation_dir``."""
+    folder = Path(annotation_dir)
+    suffixes = tuple(s for f in formats for s in _SUFFIXES[f])
+    out = set()
+    for p in folder.iterdir():
+        low = p.name.lower()
+        for suffix in suffixes:
+            if p.is_file() and low.endswith(suffix):
+                out.add(p.name[: -len(suffix)])
+                break
+    return out
+
+
 def read_annotation(
     path: str | os.PathLike,
     fmt: str = "auto",
@@ -323,6 +347,29 @@ def read_annotation(
     return read_panda_mask(path, data_provider, level=mask_level)
 
 
+def annotation_outlines(
+    path: str | os.PathLike,
+    fmt: str = "auto",
+    *,
+    classification: tuple[str, ...] | str = GEOJSON_TUMOR_CLASSES,
+) -> list[np.ndarray]:
+    """The tumour region's boundary rings (level-0 (K, 2) x, y arrays): the same
+    region the patch labels are scored against (tumour minus exclusions, so an
+    exclusion inside a tumour is drawn as a hole). A PANDA mask has no outline
+    (empty list)."""
+    fmt = annotation_format(path) if fmt == "auto" else fmt
+    if fmt == "panda_mask":
+        return []
+    region = read_annotation(path, fmt, classification=classification)
+    rings: list[np.ndarray] = []
+    for poly in shapely.get_parts(region):
+        if poly.geom_type != "Polygon" or poly.is_empty:
+            continue
+        rings.append(np.asarray(poly.exterior.coords, dtype=np.float64)[:-1])
+        rings.extend(np.asarray(r.coords, dtype=np.float64)[:-1] for r in poly.interiors)
+    return rings
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -330,7 +377,16 @@ def _polygon(path: Path, points, name) -> BaseGeometry | None:
     if len(points) < 3:
         log.warning("%s: annotation %r has %d point(s), skipped", path.name, name, len(points))
         return None
-    parts = _polygonal(shapely.make_valid(shapely.Polygon(points)))
+    polygon = shapely.Polygon(points)
+    if not polygon.is_valid:
+        log.warning(
+            "%s: annotation %r is invalid (%s); repaired with shapely.make_valid "
+            "(a self-intersecting outline becomes its enclosed areas)",
+            path.name,
+            name,
+            shapely.is_valid_reason(polygon),
+        )
+    parts = _polygonal(shapely.make_valid(polygon))
     return shapely.union_all(parts) if parts else None
 
 

@@ -28,6 +28,12 @@ def configure_create_metadata(p: argparse.ArgumentParser) -> None:
     option(p, "--panda_csv", help="panda: PANDA train.csv (image_id, data_provider, isup_grade)")
     option(p, "--output_dir", required=True, help="folder for the metadata CSV")
     option(p, "--output_filename", help="CSV name (default <task>_metadata.csv)")
+    option(
+        p,
+        "--overwrite",
+        action="store_true",
+        help="replace outputs made with other settings or inputs (default: refuse and say which)",
+    )
 
 
 def run_create_metadata(args) -> int:
@@ -41,6 +47,7 @@ def run_create_metadata(args) -> int:
         annotation_dir=args.annotation_dir,
         panda_csv=args.panda_csv,
         reference_csv=args.reference_csv,
+        overwrite=args.overwrite,
     )
     print(f"wrote {frame.attrs['path']}: {len(frame)} slides")
     by = ["split", "label"] if "split" in frame.columns else ["data_provider", "label"]
@@ -66,6 +73,12 @@ def configure_create_splits(p: argparse.ArgumentParser) -> None:
     option(p, "--seed", type=int, default=42, help="random seed (also names the output folder)")
     option(p, "--task", default="camelyon16", choices=["camelyon16", "panda"], help="dataset")
     option(p, "--repeats", type=int, default=5, help="panda: number of random 80/10/10 splits")
+    option(
+        p,
+        "--overwrite",
+        action="store_true",
+        help="replace outputs made with other settings or inputs (default: refuse and say which)",
+    )
 
 
 def run_create_splits(args) -> int:
@@ -78,6 +91,7 @@ def run_create_splits(args) -> int:
         k=args.k,
         seed=args.seed,
         repeats=args.repeats,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(paths)} split(s) to {paths[0].parent}")
     for path in paths:
@@ -150,7 +164,7 @@ def configure_patch_labels(p: argparse.ArgumentParser) -> None:
         p,
         "--overwrite",
         action="store_true",
-        help="recompute slides whose outputs are already up to date",
+        help="recompute slides whose outputs were made with other settings or inputs (default: refuse and say which)",
     )
 
 

@@ -19,7 +19,16 @@ from pathlib import Path
 import pandas as pd
 
 from sae1n.errors import ConfigError, InputFileError
-from sae1n.io import atomic_write_csv, feature_paths
+from sae1n.io import atomic_write_csv, feature_paths, validate_slide_id
+from sae1n.io.folders import writable_dir
+from sae1n.io.provenance import (
+    Provenance,
+    check_output,
+    fingerprint_of,
+    sidecar_path,
+    write_sidecar,
+)
+from sae1n.io.tables import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +36,7 @@ TASKS = ("camelyon16", "panda")
 LABELS = ("normal", "tumor")
 REQUIRED_COLUMNS = ("case_id", "slide_id", "label")
 CAMELYON16_PREFIXES = ("normal", "tumor", "test")
-ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
+METADATA_SCHEMA = 1
 
 
 def create_metadata(
@@ -39,8 +48,14 @@ def create_metadata(
     annotation_dir: str | os.PathLike | None = None,
     panda_csv: str | os.PathLike | None = None,
     reference_csv: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Write ``<output_dir>/<output_filename>`` and return its rows.
+
+    The CSV's sidecar records the task, the slides found and the identity of
+    the label sources; an existing CSV made from other inputs is refused
+    (:class:`~sae1n.io.provenance.StaleOutputError`) unless ``overwrite``, and
+    a current one is left untouched.
 
     ``feature_dir`` is a CLAM feature root, its ``h5_files/``/``pt_files/``
     subfolder, or a flat folder: one row per slide file found. The returned
@@ -52,6 +67,8 @@ def create_metadata(
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     slide_ids = sorted(feature_paths(feature_dir))
+    for sid in slide_ids:
+        validate_slide_id(sid, feature_dir)
     if task == "camelyon16":
         frame, skipped, reason = _camelyon16_rows(slide_ids, annotation_dir, reference_csv)
     else:
@@ -67,7 +84,24 @@ def create_metadata(
     if skipped:
         log.warning("%d slide(s) left out (%s): %s", len(skipped), reason, _preview(skipped))
     path = Path(output_dir) / (output_filename or f"{task}_metadata.csv")
-    atomic_write_csv(path, frame)
+    prov = Provenance.make(
+        "metadata_csv",
+        METADATA_SCHEMA,
+        {"task": task},
+        {
+            "slides": fingerprint_of(slide_ids),
+            "annotations": None
+            if annotation_dir is None
+            else fingerprint_of(sorted(_annotated_slides(Path(annotation_dir)))),
+            "reference_csv": None if reference_csv is None else Path(reference_csv),
+            "panda_csv": None if panda_csv is None else Path(panda_csv),
+        },
+    )
+    if not check_output(path, prov, overwrite=overwrite):
+        writable_dir(Path(output_dir), "--output_dir")
+        sidecar_path(path).unlink(missing_ok=True)
+        atomic_write_csv(path, frame)
+        write_sidecar(path, prov)
     frame.attrs.update(path=str(path), skipped=list(skipped), skip_reason=reason)
     return frame
 
@@ -113,7 +147,9 @@ def _annotated_slides(annotation_dir: Path) -> set[str]:
             "annotation folder does not exist",
             "pass the folder holding the <slide>.xml files",
         )
-    return {p.stem for p in annotation_dir.iterdir() if p.suffix.lower() in ANNOTATION_SUFFIXES}
+    from sae1n.datasets.annotations import annotated_slide_ids
+
+    return annotated_slide_ids(annotation_dir, formats=("asap", "geojson"))
 
 
 def _read_reference_labels(path: Path) -> dict[str, str]:
@@ -198,6 +234,8 @@ def load_metadata(path: str | os.PathLike, labels: tuple[str, ...] | None = LABE
                 f"blank {column} on line(s) {_preview((blank[blank].index + 2).tolist())}",
                 "fill or remove those rows",
             )
+    for sid in frame["slide_id"]:
+        validate_slide_id(sid, path)
     if frame["slide_id"].duplicated().any():
         dup = frame.loc[frame["slide_id"].duplicated(), "slide_id"].tolist()
         raise InputFileError(path, f"duplicate slide_id {_preview(dup)}", "keep one row per slide")
@@ -213,13 +251,7 @@ def load_metadata(path: str | os.PathLike, labels: tuple[str, ...] | None = LABE
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputFileError(path, "file not found", "check the path")
-    try:
-        # Ids stay strings: PANDA's hex ids like "1e10..." must not become floats.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputFileError(path, f"not a readable CSV ({exc})", "check the file") from exc
+    return read_csv(path, "file", "check the path")
 
 
 def _pick_column(frame: pd.DataFrame, path: Path, candidates, what: str) -> str:

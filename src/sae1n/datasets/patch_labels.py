@@ -29,12 +29,15 @@ from sae1n.datasets.annotations import (
     find_annotation,
     read_annotation,
 )
+from sae1n.datasets.annotations import annotation_format as annotation_kind
 from sae1n.errors import ConfigError, InputFileError
-from sae1n.io import atomic_path, atomic_write_csv
+from sae1n.io import atomic_path, atomic_write_csv, validate_slide_id
+from sae1n.io.provenance import Provenance, plan_outputs, write_h5_provenance
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
+LABELS_SCHEMA = 1
 
 
 # ----------------------------------------------------------------------------- fractions
@@ -175,26 +178,22 @@ def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
 def patch_size_level0(
     attrs: Mapping, override=None, path: str | os.PathLike | None = None
 ) -> tuple[float, float]:
-    """Patch (width, height) in level-0 pixels: ``override``, else the
-    ``patch_size_level0`` attribute, else ``patch_size`` x the ``downsample``
-    of ``patch_level`` (CLAM attributes)."""
+    """Patch (width, height) in level-0 pixels: ``override``, else the file's
+    :class:`~sae1n.wsi.patch_files.PatchGeometry` (``patch_size_level0``, or
+    CLAM's ``patch_size * int(downsample)``)."""
+    from sae1n.wsi.patch_files import PatchGeometry
+
     if override is not None:
         return _size_pair(override)
-    if "patch_size_level0" in attrs:
-        return _size_pair(attrs["patch_size_level0"])
-    if "patch_size" in attrs:
-        size = float(np.asarray(attrs["patch_size"]).ravel()[0])
-        if "downsample" in attrs:
-            ds = np.atleast_1d(np.asarray(attrs["downsample"], dtype=np.float64)).ravel()
-            ds = np.repeat(ds, 2) if ds.size == 1 else ds[:2]
-            return _size_pair((size * ds[0], size * ds[1]))
-        if int(np.asarray(attrs.get("patch_level", 0)).ravel()[0]) == 0:
-            return _size_pair(size)
-    raise InputFileError(
-        path or "<coords>",
-        "no patch size attributes (patch_size_level0, or patch_size with downsample/patch_level)",
-        "pass --patch_size with the patch side in level-0 pixels",
-    )
+    try:
+        geom = PatchGeometry.from_attrs(attrs, path)
+    except InputFileError as exc:
+        raise InputFileError(
+            path or "<coords>",
+            "no patch size attributes (patch_size_level0, or patch_size with downsample/patch_level)",
+            "pass --patch_size with the patch side in level-0 pixels",
+        ) from exc
+    return _size_pair(geom.size_level0)
 
 
 def _plain(value):
@@ -232,8 +231,11 @@ def create_patch_labels(
     ``annotation`` empty). PANDA masks need each slide's data provider:
     ``data_providers`` (slide -> provider), ``panda_csv`` (a CSV with
     ``image_id``/``slide_id`` and ``data_provider``) or one ``data_provider``.
-    Existing outputs made from the same inputs are kept (resume) unless
-    ``overwrite``. Returns the summary rows.
+    Each output records its provenance (threshold, level-0 patch size,
+    annotation format/classes, the coords and annotation files' identity).
+    Current outputs are kept; an output made otherwise is refused before
+    anything is written (:class:`~sae1n.io.provenance.StaleOutputError`)
+    unless ``overwrite`` (recompute it). Returns the summary rows.
     """
     from sae1n.utils import progress
 
@@ -255,15 +257,46 @@ def create_patch_labels(
     if panda_csv is not None:
         providers = {**_providers_from_csv(Path(panda_csv)), **providers}
     files = coords_files(coords_dir_or_files)
+    for slide_id in files:
+        validate_slide_id(slide_id, coords_dir_or_files if isinstance(coords_dir_or_files, (str, os.PathLike)) else "coords files")
     output_dir = Path(output_dir)
-    rows = []
-    for slide_id, coords_path in progress(files.items(), desc="patch labels", total=len(files)):
+    classes = tuple(_as_classes(classification))
+    # Plan every slide first: a stale output stops the run before anything is written.
+    plans = {}
+    for slide_id, coords_path in files.items():
         coords, attrs = read_coords(coords_path)
         size = patch_size_level0(attrs, patch_size, coords_path)
         annotation_path = find_annotation(annotation_dir, slide_id, annotation_format)
-        fingerprint = _fingerprint(annotation_path)
+        fmt = (
+            None
+            if annotation_path is None
+            else (annotation_format if annotation_format != "auto" else annotation_kind(annotation_path))
+        )
+        settings = {"threshold": threshold, "patch_size_level0": list(size), "format": fmt}
+        if fmt == "geojson":
+            settings["classification"] = list(classes)
+        if fmt == "panda_mask":
+            settings["data_provider"] = providers.get(slide_id, data_provider)
+            settings["mask_level"] = mask_level
+        prov = Provenance.make(
+            "patch_labels",
+            LABELS_SCHEMA,
+            settings,
+            {"coords": coords_path, "annotation": annotation_path},
+        )
+        plans[slide_id] = (coords, size, annotation_path, prov)
+    _, current = plan_outputs(
+        {output_dir / f"{sid}.h5": plan[3] for sid, plan in plans.items()},
+        overwrite=overwrite,
+        valid=_readable_labels,
+    )
+    current = set(current)
+    rows = []
+    for slide_id, (coords, size, annotation_path, prov) in progress(
+        plans.items(), desc="patch labels", total=len(plans)
+    ):
         out = output_dir / f"{slide_id}.h5"
-        if not overwrite and _is_current(out, coords, threshold, size, fingerprint):
+        if out in current:
             status = "kept"
             _, fraction, label = read_patch_labels(out)
         else:
@@ -278,13 +311,15 @@ def create_patch_labels(
                 annotation = read_annotation(
                     annotation_path,
                     annotation_format,
-                    classification=classification,
+                    classification=classes,
                     data_provider=providers.get(slide_id, data_provider),
                     mask_level=mask_level,
                 )
                 fraction = tumor_fractions(coords, size, annotation)
+                if not np.any(fraction > 0):
+                    warn_if_outside(annotation, coords, size, annotation_path)
             fraction, label = write_patch_labels(
-                out, coords, fraction, threshold, size=size, fingerprint=fingerprint
+                out, coords, fraction, threshold, size=size, provenance=prov
             )
             status = "written"
         rows.append(
@@ -312,10 +347,9 @@ def create_patch_labels(
     return summary
 
 
-def write_patch_labels(
-    path, coords, fraction, threshold: float, *, size=None, fingerprint: str = ""
-):
-    """Write one slide's labels atomically; returns the stored (fraction, label)."""
+def write_patch_labels(path, coords, fraction, threshold: float, *, size=None, provenance=None):
+    """Write one slide's labels atomically (with its provenance record as a
+    file attribute); returns the stored (fraction, label)."""
     fraction = np.clip(np.asarray(fraction, dtype=np.float32), 0.0, 1.0)
     # The label is computed from the stored float32 value so readers can recompute it.
     label = (fraction >= np.float32(threshold)).astype(np.uint8)
@@ -326,81 +360,103 @@ def write_patch_labels(
         f.attrs["threshold"] = float(threshold)
         if size is not None:
             f.attrs["patch_size_level0"] = np.asarray(size, dtype=np.float64)
-        f.attrs["annotation"] = fingerprint
+        if provenance is not None:
+            write_h5_provenance(f, provenance)
     return fraction, label
 
 
 def read_patch_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(coords (N, 2) int64, tumor_fraction (N,) float32, label (N,) uint8) of one slide."""
+    coords, fraction, label, _ = _read_labels(path, need_label=True)
+    return coords, fraction, label
+
+
+def read_patch_label_file(path: str | os.PathLike):
+    """(coords (N, 2) int64, tumor_fraction (N,) float64, threshold attribute or None)
+    of one slide's patch-label file (the form evaluation and heatmaps use)."""
+    coords, fraction, _, threshold = _read_labels(path, need_label=False)
+    return coords, fraction.astype(np.float64), threshold
+
+
+def _read_labels(path, need_label: bool):
+    """The one reader of ``<slide>.h5`` patch-label files; every problem is one
+    error naming the file."""
     path = Path(path)
+    fix = "re-create it with `sae1n patch-labels`"
     if not path.is_file():
         raise InputFileError(path, "patch-label file not found", "run `sae1n patch-labels` first")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("coords", "tumor_fraction", "label") if k not in f]
+            needed = ("coords", "tumor_fraction", "label") if need_label else ("coords", "tumor_fraction")
+            missing = [k for k in needed if k not in f]
             if missing:
                 raise InputFileError(
-                    path, f"missing dataset(s) {missing}", "re-create it with `sae1n patch-labels`"
+                    path, f"missing dataset(s) {missing} (datasets: {sorted(f.keys())})", fix
                 )
             coords = np.asarray(f["coords"][()], dtype=np.int64)
             fraction = np.asarray(f["tumor_fraction"][()], dtype=np.float32)
-            label = np.asarray(f["label"][()], dtype=np.uint8)
+            label = np.asarray(f["label"][()], dtype=np.uint8) if "label" in f else None
+            thr = f.attrs.get("threshold")
     except OSError as exc:
-        raise InputFileError(
-            path, f"cannot be read as HDF5 ({exc})", "re-create it with `sae1n patch-labels`"
-        ) from exc
+        raise InputFileError(path, f"cannot be read as HDF5 ({exc})", fix) from exc
     n = len(fraction)
-    if coords.shape != (n, 2) or label.shape != (n,):
+    if coords.shape != (n, 2) or (label is not None and label.shape != (n,)):
         raise InputFileError(
             path,
-            f"inconsistent shapes coords {coords.shape}, tumor_fraction {fraction.shape}, label {label.shape}",
-            "re-create it with `sae1n patch-labels`",
+            f"inconsistent shapes coords {coords.shape}, tumor_fraction {fraction.shape}"
+            + ("" if label is None else f", label {label.shape}"),
+            fix,
         )
     if (
         not np.all(np.isfinite(fraction))
         or fraction.min(initial=0) < 0
         or fraction.max(initial=0) > 1
     ):
-        raise InputFileError(
-            path,
-            "tumor_fraction has values outside [0, 1] or NaN",
-            "re-create it with `sae1n patch-labels`",
-        )
-    return coords, fraction, label
+        raise InputFileError(path, "tumor_fraction has values outside [0, 1] or NaN", fix)
+    return coords, fraction, label, (None if thr is None else float(thr))
 
 
-def _is_current(path: Path, coords, threshold, size, fingerprint) -> bool:
-    if not path.is_file():
-        return False
+def _readable_labels(path: Path) -> bool:
     try:
-        stored_coords, _, _ = read_patch_labels(path)
-        with h5py.File(path, "r") as f:
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-            stored_size = np.asarray(f.attrs.get("patch_size_level0", np.nan), dtype=np.float64)
+        read_patch_labels(path)
     except InputFileError:
         return False
-    return (
-        np.array_equal(stored_coords, coords)
-        and attrs.get("threshold") == threshold
-        and attrs.get("annotation") == fingerprint
-        and stored_size.shape == (2,)
-        and np.allclose(stored_size, size)
-    )
+    return True
 
 
-def _fingerprint(path: Path | None) -> str:
-    if path is None:
-        return ""
-    stat = path.stat()
-    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+def _as_classes(value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
+
+
+def warn_if_outside(annotation, coords, size, path) -> None:
+    """Warn when an annotation covers no patch because it lies outside the patched
+    area (wrong slide, wrong level or units): the slide would silently count as normal."""
+    if not isinstance(annotation, BaseGeometry) or annotation.is_empty or len(coords) == 0:
+        return
+    w, h = _size_pair(size)
+    x0, y0 = np.min(coords, axis=0)
+    x1, y1 = np.max(coords, axis=0) + [w, h]
+    if not annotation.intersects(shapely.box(x0, y0, x1, y1)):
+        bx = tuple(round(v) for v in annotation.bounds)
+        log.warning(
+            "%s: the tumour annotation (bounds %s) lies outside the patched area of the slide "
+            "(%d, %d)-(%d, %d): no patch is labelled tumour; check that it belongs to this slide "
+            "and is in level-0 pixels",
+            path,
+            bx,
+            x0,
+            y0,
+            x1,
+            y1,
+        )
 
 
 def _providers_from_csv(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise InputFileError(
-            path, "file not found", "pass PANDA's train.csv or the panda metadata CSV"
-        )
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    from sae1n.io.tables import read_csv
+
+    table = read_csv(path, "file", "pass PANDA's train.csv or the panda metadata CSV").fillna("")
     id_column = next((c for c in ("image_id", "slide_id") if c in table.columns), None)
     if id_column is None or "data_provider" not in table.columns:
         raise InputFileError(

@@ -34,13 +34,17 @@ import numpy as np
 import pandas as pd
 
 from sae1n.datasets.grouping import stratified_group_kfold
-from sae1n.datasets.metadata import load_metadata
+from sae1n.datasets.metadata import LABELS, load_metadata
 from sae1n.errors import ConfigError, InputFileError
-from sae1n.io import atomic_write_csv
+from sae1n.io import atomic_write_csv, validate_slide_id
+from sae1n.io.folders import writable_dir
+from sae1n.io.provenance import Provenance, check_output, sidecar_path, write_sidecar
+from sae1n.io.tables import read_csv
 
 log = logging.getLogger(__name__)
 
 SETS = ("train", "val", "test")
+SPLITS_SCHEMA = 1
 PANDA_FOLDS = 10
 
 
@@ -51,12 +55,16 @@ def create_splits(
     k: int | None = None,
     seed: int = 42,
     repeats: int = 5,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write the split files for ``task`` and return the ``splits_<i>.csv`` paths.
 
     ``k`` is the number of folds: 5 by default for camelyon16, 10 for panda
     (``k - 2`` train folds, one val, one test). ``repeats`` applies to panda
-    only; repeat ``r`` uses seed ``seed + r``.
+    only; repeat ``r`` uses seed ``seed + r``. The folder's provenance
+    (``<task>_<seed>.provenance.json`` beside it) records these settings and
+    the metadata CSV's hash: a folder made otherwise is refused unless
+    ``overwrite``, a current one is reused as it is.
     """
     task = task.lower()
     if task not in ("camelyon16", "panda"):
@@ -65,8 +73,19 @@ def create_splits(
     if k < 2:
         raise ConfigError(f"--k must be >= 2 (got {k})")
     metadata_path = Path(metadata_path)
-    frame = load_metadata(metadata_path, labels=None)
+    frame = load_metadata(metadata_path, labels=LABELS)
     split_dir = Path(output_dir) / f"{task}_{seed}"
+    n_splits = k if task == "camelyon16" else repeats
+    settings = {"task": task, "k": k, "seed": int(seed)}
+    if task == "panda":
+        settings["repeats"] = int(repeats)
+    prov = Provenance.make("splits", SPLITS_SCHEMA, settings, {"metadata": metadata_path})
+    expected = [split_dir / f"splits_{i}.csv" for i in range(n_splits)]
+    # an empty or half-deleted folder holds nothing to keep
+    if check_output(
+        split_dir, prov, overwrite=overwrite, valid=lambda d: any(d.glob("splits_*.csv"))
+    ) and all(p.is_file() for p in expected):
+        return expected
     if task == "camelyon16":
         splits = _camelyon16_splits(frame, metadata_path, k, seed)
     else:
@@ -76,9 +95,16 @@ def create_splits(
             raise ConfigError(f"--repeats must be >= 1 (got {repeats})")
         splits = _panda_splits(frame, metadata_path, k, seed, repeats)
     labels = sorted(frame["label"].unique())
+    writable_dir(split_dir, "--output_dir")
+    sidecar_path(split_dir).unlink(missing_ok=True)
+    for old in split_dir.glob("splits_*.csv"):  # an earlier run with more folds
+        index = old.name.split("_")[1].split(".")[0]
+        if index.isdigit() and int(index) >= len(splits):
+            old.unlink()
     written = []
     for i, sets in enumerate(splits):
         written.append(write_split(split_dir, i, sets, frame, labels))
+    write_sidecar(split_dir, prov)
     return written
 
 
@@ -186,20 +212,14 @@ def write_split(
     return path
 
 
-_SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".mrxs",
-    ".scn",
-    ".bif",
-    ".vms",
-    ".png",
-    ".jpg",
-    ".h5",
-    ".pt",
-)
+def _suffixes() -> tuple[str, ...]:
+    from sae1n.wsi.slide import SLIDE_EXTENSIONS
+
+    # longest first, so ".tiff" wins over ".tif"
+    return tuple(sorted({*SLIDE_EXTENSIONS, *FEATURE_SUFFIXES}, key=len, reverse=True))
+
+
+FEATURE_SUFFIXES = (".h5", ".pt")
 
 
 def slide_id_of(entry) -> str:
@@ -207,7 +227,7 @@ def slide_id_of(entry) -> str:
     file extension. Only known extensions are removed, so ids with dots (TCGA) survive."""
     name = Path(str(entry).strip()).name
     low = name.lower()
-    for suffix in _SLIDE_SUFFIXES:
+    for suffix in _suffixes():
         if low.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -225,12 +245,7 @@ def read_split(split_csv: str | os.PathLike) -> dict[str, list[str]]:
         raise InputFileError(
             path, "split file not found", "run `sae1n create-splits`, or check --split_csv_path"
         )
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputFileError(
-            path, f"not a readable CSV ({exc})", "re-create it with `sae1n create-splits`"
-        ) from exc
+    frame = read_csv(path, "split file", "re-create it with `sae1n create-splits`")
     if "train" not in frame.columns:
         raise InputFileError(
             path,
@@ -254,7 +269,7 @@ def read_split(split_csv: str | os.PathLike) -> dict[str, list[str]]:
     else:
         sets = {name: frame[name].dropna().str.strip().tolist() for name in SETS}
         sets = {name: [s for s in ids if s] for name, ids in sets.items()}
-    sets = {name: [slide_id_of(s) for s in ids] for name, ids in sets.items()}
+    sets = {name: [slide_id_of(validate_slide_id(s, path)) for s in ids] for name, ids in sets.items()}
     seen: dict[str, str] = {}
     for name in SETS:
         for slide in sets[name]:

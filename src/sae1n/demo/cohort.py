@@ -211,14 +211,14 @@ def _make_slide(job, tiles=None) -> SlideInfo:
 
 def _tiles_fingerprint(tiles_dir: str | os.PathLike) -> str:
     """Changes when the tile folder's files (names, sizes, times) change."""
-    import hashlib
+    from sae1n.io.provenance import fingerprint_of
 
-    digest = hashlib.sha256()
-    for f in sorted(Path(tiles_dir).glob("*/*")):
-        if f.suffix.lower() in TILE_EXTENSIONS:
-            st = f.stat()
-            digest.update(f"{f.parent.name}/{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return f"{Path(tiles_dir).resolve()}#{digest.hexdigest()[:16]}"
+    files = [
+        (f"{f.parent.name}/{f.name}", f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(Path(tiles_dir).glob("*/*"))
+        if f.suffix.lower() in TILE_EXTENSIONS
+    ]
+    return f"{Path(tiles_dir).resolve()}#{fingerprint_of(files)}"
 
 
 @functools.lru_cache(maxsize=2)

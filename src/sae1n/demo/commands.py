@@ -43,7 +43,7 @@ def configure_pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. encoder.batch_size=256")
     p.add_argument("--force", action="store_true", help="re-run stages even when complete")
     p.add_argument(
-        "--stages", nargs="+", default=None, help="run only these stages (in pipeline order)"
+        "--stages", nargs="+", default=None, help="run only these stages, in pipeline order (train-sae or train_sae spellings)"
     )
 
 

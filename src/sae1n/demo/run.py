@@ -117,7 +117,9 @@ def run_demo(
     result = DemoResult(
         out_dir=out,
         report=pipe.paths.sae_dir / "report.html",
-        unit=int(ev.get("unit", results["analyze_sae"].info.get("top_unit", -1))),
+        unit=int(
+            ev["unit"] if ev.get("unit") is not None else results["analyze_sae"].info.get("top_unit", -1)
+        ),
         patch_auroc=ev.get("patch_auroc"),
         patch_ap=ev.get("patch_ap"),
         neuron_slide_auroc=ev.get("slide_auroc"),

@@ -48,6 +48,12 @@ def configure_extract_features(p: argparse.ArgumentParser) -> None:
     )
     option(
         p,
+        "--overwrite",
+        action="store_true",
+        help="re-extract slides whose outputs were made with other settings (default: refuse and say which)",
+    )
+    option(
+        p,
         "--target_patch_size",
         type=int,
         default=None,
@@ -113,11 +119,13 @@ def run_extract_features(args) -> int:
         backend=args.backend,
         target_patch_size=args.target_patch_size,
         shard=shard,
+        overwrite=args.overwrite,
     )
     if not env_info().is_main:  # one summary (of every rank), from rank 0
         return 1 if s.failed else 0
     print(
         f"{s.encoder} ({s.dim}-d): {s.count('extracted')} extracted, {s.count('skipped')} skipped, "
+        f"{s.count('busy')} done by another process, "
         f"{s.count('empty')} empty, {len(s.failed)} failed in {s.seconds:.1f} s "
         f"({s.patches_per_second:.1f} patches/s) -> {s.feat_dir}"
     )

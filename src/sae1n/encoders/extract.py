@@ -30,7 +30,16 @@ from sae1n.encoders.patches import (
     read_patch_coords,
 )
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
-from sae1n.io import atomic_write_csv, atomic_write_json, read_bag, write_bag
+from sae1n.io import (
+    atomic_write_json,
+    item_lock,
+    read_bag,
+    remove_stale_temp_files,
+    write_bag,
+    write_sidecar,
+)
+from sae1n.io.folders import disk_error, is_disk_error, writable_dir
+from sae1n.io.provenance import PROVENANCE_KEY, Provenance, is_current, plan_outputs
 from sae1n.utils import progress
 
 log = logging.getLogger(__name__)
@@ -98,24 +107,17 @@ def list_slides(
     """(slide id, create-patches status or '') in processing order: the CSV's
     ``slide_id`` column (CLAM process list or metadata CSV; extensions
     stripped) or every patch file, sorted."""
+    from sae1n.io import validate_slide_id
+    from sae1n.io.tables import read_csv
     from sae1n.wsi.slide import SLIDE_EXTENSIONS
 
     if csv_path is None:
-        found = sorted(
-            p.stem for p in patch_dir(data_h5_dir).glob("*.h5") if not p.name.startswith(".")
-        )
-        return [(s, "") for s in found]
-    import pandas as pd
-
+        pdir = patch_dir(data_h5_dir)
+        found = sorted(p.stem for p in pdir.glob("*.h5") if not p.name.startswith("."))
+        return [(validate_slide_id(s, pdir), "") for s in found]
     csv_path = Path(csv_path)
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise InputFileError(
-            csv_path,
-            f"cannot be read as CSV ({exc})",
-            "pass CLAM's process_list_autogen.csv or a CSV with a slide_id column",
-        ) from exc
+    fix = "pass CLAM's process_list_autogen.csv or a CSV with a slide_id column"
+    df = read_csv(csv_path, "slide list CSV", fix).fillna("")
     if "slide_id" not in df.columns:
         raise InputFileError(
             csv_path,
@@ -128,6 +130,7 @@ def list_slides(
         sid = raw.strip()
         if not sid:
             continue
+        validate_slide_id(sid, csv_path)
         if slide_ext and sid.lower().endswith(slide_ext.lower()):
             sid = sid[: -len(slide_ext)]
         elif Path(sid).suffix.lower() in SLIDE_EXTENSIONS:
@@ -155,6 +158,7 @@ def extract_features(
     shard: tuple[int, int] | None = None,
     encoder=None,
     max_region: int = 2048,
+    overwrite: bool = False,
 ) -> ExtractionSummary:
     """Extract features for every slide listed in ``csv_path`` (or every
     patch file in ``<data_h5_dir>/patches``) with the registry encoder
@@ -162,7 +166,14 @@ def extract_features(
     encoder's input size; ``shard=(rank, world_size)`` processes
     ``sorted(slides)[rank::world_size]``; ``encoder`` reuses an already built
     :class:`~sae1n.encoders.base.Encoder`. Returns an
-    :class:`ExtractionSummary`."""
+    :class:`ExtractionSummary`.
+
+    Every output carries its provenance (encoder, weights, input size, the
+    patch file and slide it came from). A slide is skipped only when both of
+    its outputs are current; an output made otherwise stops the run before
+    anything is written (:class:`~sae1n.io.provenance.StaleOutputError`)
+    unless ``overwrite``; ``auto_skip=False`` recomputes every slide. Per-slide
+    lock files let several processes share one ``feat_dir``."""
     from sae1n.encoders.registry import get_encoder
 
     if batch_size < 1:
@@ -196,67 +207,174 @@ def extract_features(
         )
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
-    feat_dir = Path(feat_dir)
-    feat_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        feat_dir / INFO_FILE,
-        {
-            "encoder": encoder.name,
-            "dim": encoder.dim,
-            "input_size": encoder.input_size,
-            "weights": None if encoder.weights is None else str(encoder.weights),
-        },
-    )
+    feat_dir = writable_dir(feat_dir, "--feat_dir")
+    info_path = feat_dir / INFO_FILE
+    info_prov = Provenance.make("extraction_info", EXTRACT_SCHEMA, encoder_settings(encoder))
+    # Plan every slide before writing anything: a stale output stops the run here.
+    expected: dict[str, dict[Path, Provenance]] = {}
+    for sid, _ in slides:
+        patch_path = pdir / f"{sid}.h5"
+        if patch_path.is_file():
+            expected[sid] = feature_provenance(encoder, feat_dir, sid, patch_path, slide_dir, slide_ext)
+    current: set[Path] = set()
+    plan = {p: prov for outs in expected.values() for p, prov in outs.items()}
+    plan[info_path] = info_prov
+    if auto_skip:
+        _, cur = plan_outputs(plan, overwrite=overwrite, valid=_readable_bag)
+        current = set(cur)
+    elif info_path.is_file() and not overwrite:
+        plan_outputs({info_path: info_prov})  # a forced redo still refuses another encoder's folder
+    remove_stale_temp_files(feat_dir)
     summary = ExtractionSummary(
         feat_dir=feat_dir, encoder=encoder.name, dim=encoder.dim, status_csv=feat_dir / status_name
     )
     t_start, last_write = time.perf_counter(), time.perf_counter()
     try:
-        for sid, patch_status in progress(slides, desc="slides", total=len(slides), leave=True):
-            t0 = time.perf_counter()
+        try:
+            for sid, patch_status in progress(slides, desc="slides", total=len(slides), leave=True):
+                t0 = time.perf_counter()
+                outs = expected.get(sid, {})
+                if auto_skip and outs and all(p in current for p in outs):
+                    summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
+                    continue
+                with item_lock(feat_dir, sid) as mine:
+                    if not mine:
+                        summary.results.append(
+                            SlideResult(sid, "busy", reason="another process is extracting this slide")
+                        )
+                        continue
+                    if auto_skip and outs and all(
+                        is_current(p, prov) and _readable_bag(p) for p, prov in outs.items()
+                    ):
+                        summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
+                        continue
+                    try:
+                        res = _extract_one(
+                            encoder,
+                            sid,
+                            patch_status,
+                            pdir,
+                            slide_dir,
+                            slide_ext,
+                            feat_dir,
+                            batch_size=batch_size,
+                            num_workers=num_workers,
+                            backend=backend,
+                            max_region=max_region,
+                            provenance=next(iter(outs.values()), None),
+                        )
+                    except Exception as exc:  # one slide's failure never stops the batch
+                        if is_disk_error(exc):
+                            raise disk_error(feat_dir, exc) from None
+                        reason = (
+                            str(exc)
+                            if isinstance(exc, Sae1nError | RegionReadError)
+                            else f"{type(exc).__name__}: {exc}"
+                        )
+                        log.warning("slide %s failed: %s", sid, reason)
+                        log.debug("slide %s traceback", sid, exc_info=True)
+                        res = SlideResult(sid, "failed", reason=reason)
+                res.seconds = time.perf_counter() - t0
+                summary.results.append(res)
+                if res.status in ("extracted", "empty") and not is_current(info_path, info_prov):
+                    atomic_write_json(info_path, _info(encoder))
+                    write_sidecar(info_path, info_prov)
+                if time.perf_counter() - last_write > 5:
+                    _write_status(summary)
+                    last_write = time.perf_counter()
+            if any(r.status == "skipped" for r in summary.results) and not is_current(
+                info_path, info_prov
+            ):
+                atomic_write_json(info_path, _info(encoder))
+                write_sidecar(info_path, info_prov)
+        finally:
+            summary.seconds = time.perf_counter() - t_start
             try:
-                res = _extract_one(
-                    encoder,
-                    sid,
-                    patch_status,
-                    pdir,
-                    slide_dir,
-                    slide_ext,
-                    feat_dir,
-                    batch_size=batch_size,
-                    num_workers=num_workers,
-                    backend=backend,
-                    auto_skip=auto_skip,
-                    max_region=max_region,
-                )
-            except Exception as exc:  # one slide's failure never stops the batch
-                reason = (
-                    str(exc)
-                    if isinstance(exc, Sae1nError | RegionReadError)
-                    else f"{type(exc).__name__}: {exc}"
-                )
-                log.warning("slide %s failed: %s", sid, reason)
-                log.debug("slide %s traceback", sid, exc_info=True)
-                res = SlideResult(sid, "failed", reason=reason)
-            res.seconds = time.perf_counter() - t0
-            summary.results.append(res)
-            if time.perf_counter() - last_write > 5:
                 _write_status(summary)
-                last_write = time.perf_counter()
-    finally:
-        summary.seconds = time.perf_counter() - t_start
-        _write_status(summary)
+            except OSError as exc:  # the disk is full: the error above says so
+                log.warning("could not write %s: %s", summary.status_csv, exc)
+    except Exception as exc:  # a full disk anywhere (locks, outputs, status): one error
+        if is_disk_error(exc):
+            raise disk_error(feat_dir, exc) from None
+        raise
     return summary
 
 
+EXTRACT_SCHEMA = 1
+WORK_STATUSES = ("extracted", "empty", "failed", "no_patches")
+
+
+def encoder_settings(encoder) -> dict:
+    """What about an encoder shapes its features: name, dim, input size, weights."""
+    from sae1n.io.provenance import input_identity
+
+    weights = getattr(encoder, "weights", None)
+    return {
+        "encoder": encoder.name,
+        "dim": int(encoder.dim),
+        "input_size": encoder.input_size,
+        "weights": None if weights is None else input_identity(weights),
+    }
+
+
+def feature_provenance(encoder, feat_dir, sid, patch_path, slide_dir, slide_ext) -> dict:
+    """The records the two outputs of one slide will carry (h5 and pt)."""
+    slide = Path(slide_dir) / f"{sid}{slide_ext}"
+    prov = Provenance.make(
+        "patch_features",
+        EXTRACT_SCHEMA,
+        encoder_settings(encoder),
+        {"patches": Path(patch_path), "slide": slide},
+    )
+    feat_dir = Path(feat_dir)
+    return {
+        feat_dir / "h5_files" / f"{sid}.h5": prov,
+        feat_dir / "pt_files" / f"{sid}.pt": prov,
+    }
+
+
+def _readable_bag(path: Path) -> bool:
+    if path.suffix not in (".h5", ".pt"):
+        return True
+    try:
+        read_bag(path, allow_empty=True)
+    except InputFileError as exc:
+        log.info("re-extracting: %s", exc)
+        return False
+    return True
+
+
+def _n_rows(outs) -> int:
+    h5 = next(p for p in outs if p.suffix == ".h5")
+    try:
+        import h5py
+
+        with h5py.File(h5, "r") as f:
+            return int(f["features"].shape[-2]) if f["features"].ndim >= 2 else 0
+    except (OSError, KeyError):
+        return 0
+
+
+def _info(encoder) -> dict:
+    return {
+        "encoder": encoder.name,
+        "dim": encoder.dim,
+        "input_size": encoder.input_size,
+        "weights": None if encoder.weights is None else str(encoder.weights),
+    }
+
+
 def _write_status(summary: ExtractionSummary) -> None:
+    """Merge this run's rows into the status CSV: slides this process did replace
+    their rows; skips never hide another process's work."""
     import pandas as pd
 
+    from sae1n.io.tables import merge_status_csv
+
     rows = [asdict(r) for r in summary.results]
-    atomic_write_csv(
-        summary.status_csv,
-        pd.DataFrame(rows, columns=["slide_id", "status", "n_patches", "seconds", "reason"]),
-    )
+    frame = pd.DataFrame(rows, columns=["slide_id", "status", "n_patches", "seconds", "reason"])
+    strong = [r.slide_id for r in summary.results if r.status in WORK_STATUSES]
+    merge_status_csv(summary.status_csv, frame, strong=strong, weak_statuses=("",))
 
 
 def _extract_one(
@@ -271,8 +389,8 @@ def _extract_one(
     batch_size,
     num_workers,
     backend,
-    auto_skip,
     max_region,
+    provenance=None,
 ) -> SlideResult:
     patch_path = pdir / f"{sid}.h5"
     if not patch_path.is_file() and patch_status and patch_status != "processed":
@@ -281,14 +399,19 @@ def _extract_one(
         )
     pc = read_patch_coords(patch_path)
     n = len(pc.coords)
-    if auto_skip and outputs_valid(feat_dir, sid, pc.coords, encoder.dim):
-        return SlideResult(sid, "skipped", n_patches=n)
-    attrs = {**pc.attrs, "encoder": encoder.name, "encoder_dim": encoder.dim}
+    attrs = {
+        **{k: v for k, v in pc.attrs.items() if k != PROVENANCE_KEY},
+        "encoder": encoder.name,
+        "encoder_dim": encoder.dim,
+    }
     if n == 0:
         log.warning(
             "slide %s has no patches: writing an empty (0, %d) feature file", sid, encoder.dim
         )
-        write_bag(feat_dir, sid, np.zeros((0, encoder.dim), np.float32), pc.coords, attrs)
+        write_bag(
+            feat_dir, sid, np.zeros((0, encoder.dim), np.float32), pc.coords, attrs,
+            provenance=provenance,
+        )
         return SlideResult(sid, "empty", reason="patch file has no coordinates")
     slide_path = find_slide(slide_dir, sid, slide_ext)
     feats = encode_slide(
@@ -300,7 +423,7 @@ def _extract_one(
         backend=backend,
         max_region=max_region,
     )
-    write_bag(feat_dir, sid, feats, pc.coords, attrs)
+    write_bag(feat_dir, sid, feats, pc.coords, attrs, provenance=provenance)
     return SlideResult(sid, "extracted", n_patches=n)
 
 

@@ -80,14 +80,11 @@ def read_geometry(pc: PatchCoords, level_downsamples) -> ReadGeometry:
             f"patch_level {level} does not exist in the slide ({len(ds)} levels)",
             "the patch file belongs to another slide or scan: re-run create-patches",
         )
-    size = int(pc.attrs["patch_size"])
-    if pc.attrs.get("target_mpp") is None:
-        return ReadGeometry(level, ds[level], size, size)
-    per_axis = np.atleast_1d(np.asarray(pc.attrs.get("downsample", ds[level]), np.float64))
-    size0 = float(pc.attrs["patch_size_level0"])
-    return ReadGeometry(
-        level, ds[level], max(1, round(size0 / per_axis[0])), max(1, round(size0 / per_axis[-1]))
-    )
+    from sae1n.wsi.patch_files import PatchGeometry
+
+    geom = PatchGeometry.from_attrs(pc.attrs, pc.path, level_downsamples=ds)
+    read_w, read_h = geom.read_size
+    return ReadGeometry(level, ds[level], read_w, read_h)
 
 
 @dataclass

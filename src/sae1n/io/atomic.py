@@ -15,6 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Some writers (safetensors) create their file with mode 0600; every artifact
+# gets the usual mode of a new file instead (0644 under the common umask 022).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _temp_sibling(final: Path) -> Path:
     # Keep the real suffix last: PIL, h5py, torch and pandas pick formats from it.
     return final.with_name(f".{final.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{final.suffix}")
@@ -36,6 +47,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             raise FileNotFoundError(f"atomic write to {final}: nothing was written to {tmp}")
         if tmp.is_dir() and final.exists():
             shutil.rmtree(final) if final.is_dir() else final.unlink()
+        if tmp.is_file():
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, final)
     finally:
         if tmp.exists():

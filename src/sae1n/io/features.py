@@ -159,7 +159,8 @@ def _read_h5(path: Path, dense: bool) -> FeatureBag:
     except OSError as exc:
         raise InputFileError(path, f"is not a readable HDF5 file ({exc})", "delete it and re-run the stage that writes it") from exc
     with f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        # the file's own provenance record is not a property to copy onward (read_provenance reads it)
+        attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "sae1n_provenance"}
         coords = None
         if "coords" in f:
             coords = f["coords"][()]
@@ -251,8 +252,11 @@ def write_bag(
     coords: np.ndarray | None,
     attrs: Mapping | None = None,
     formats: Iterable[str] = ("h5", "pt"),
+    provenance=None,
 ) -> dict[str, Path]:
     """Write one slide's features into a CLAM folder, atomically.
+    ``provenance`` (a :class:`~sae1n.io.provenance.Provenance`) goes into the
+    h5 file's attributes and a sidecar of the pt file.
 
     ``h5_files/<slide>.h5`` gets ``features`` and ``coords`` (with ``attrs`` on
     the coords dataset, as CLAM does); ``pt_files/<slide>.pt`` the tensor.
@@ -272,12 +276,21 @@ def write_bag(
                     ds = f.create_dataset("coords", data=bag.coords.astype(np.int64))
                     for k, v in (attrs or {}).items():
                         ds.attrs[k] = v
+                if provenance is not None:
+                    from sae1n.io.provenance import write_h5_provenance
+
+                    write_h5_provenance(f, provenance)
         elif fmt == "pt":
             import torch
 
+            from sae1n.io.provenance import sidecar_path, write_sidecar
+
             dest = root / "pt_files" / f"{slide_id}.pt"
+            sidecar_path(dest).unlink(missing_ok=True)
             with atomic_path(dest) as tmp:
                 torch.save(torch.from_numpy(feats), tmp)
+            if provenance is not None:
+                write_sidecar(dest, provenance)
         else:
             raise ValueError(f"unknown format {fmt!r}; use 'h5' or 'pt'")
         out[fmt] = dest

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,14 @@ class StaleOutputError(Sae1nError):
         super().__init__("\n".join(lines))
 
 
+def fingerprint_of(*parts: Any) -> str:
+    """A short stable hash of JSON-able values (settings, identities, upstream
+    fingerprints): the one fingerprint function for things that are not a
+    single artifact's record (pipeline stages, caches, packed stores)."""
+    blob = json.dumps(_normalise(list(parts)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 # --- where records live -------------------------------------------------------
 
 
@@ -279,6 +287,7 @@ def plan_outputs(
     *,
     overwrite: bool = False,
     fix: str = "",
+    valid: Callable[[Path], bool] | None = None,
 ) -> tuple[list[Path], list[Path]]:
     """Decide, before touching anything, which outputs to (re)compute and which to skip.
 
@@ -286,6 +295,9 @@ def plan_outputs(
     ones) go to ``todo``; existing outputs whose record matches go to
     ``current``. Without ``overwrite``, any existing output whose record
     differs raises one :class:`StaleOutputError` listing every such file.
+    ``valid(path)`` (optional) says whether an existing file is readable at
+    all: one that is not (truncated, not the format) holds nothing to keep
+    and is recomputed like a missing one.
     """
     items = expected.items() if isinstance(expected, Mapping) else expected
     todo: list[Path] = []
@@ -293,7 +305,7 @@ def plan_outputs(
     stale: dict[Path, list[str]] = {}
     for path, prov in items:
         p = Path(path)
-        if not p.exists():
+        if not p.exists() or (valid is not None and not valid(p)):
             todo.append(p)
             continue
         recorded = read_provenance(p)
@@ -308,7 +320,14 @@ def plan_outputs(
     return todo, current
 
 
-def check_output(path: str | os.PathLike, expected: Provenance, *, overwrite: bool = False, fix: str = "") -> bool:
+def check_output(
+    path: str | os.PathLike,
+    expected: Provenance,
+    *,
+    overwrite: bool = False,
+    fix: str = "",
+    valid: Callable[[Path], bool] | None = None,
+) -> bool:
     """One output: True to skip (current), False to compute; raises when stale and not ``overwrite``."""
-    todo, current = plan_outputs({path: expected}, overwrite=overwrite, fix=fix)
+    todo, current = plan_outputs({path: expected}, overwrite=overwrite, fix=fix, valid=valid)
     return bool(current)

@@ -5,12 +5,21 @@ The patch features of a set of slides are copied once into one ``.npy`` array
 ranges and coords. The store records a fingerprint of its inputs (path, size,
 mtime) and is rebuilt only when they change. Building streams one slide at a
 time and happens in a temporary folder renamed into place at the end.
+
+Integrity: at build time ``store.json`` records, for each array file, its
+size, mtime and a SHA-256 of sampled blocks (the first, the last and evenly
+spaced ones, ``CHECK_BLOCKS`` x ``CHECK_BLOCK_BYTES``). Reuse re-checks all
+three (milliseconds for any size): any write into the store changes its
+mtime, and damage in a sampled block changes the hash, so a corrupted store
+of the same size is rebuilt instead of trained on. ``verify="full"`` also
+compares a hash of every byte.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,16 +31,65 @@ from sae1n.errors import InputFileError
 from sae1n.io.atomic import atomic_path
 from sae1n.io.features import read_bag
 
-STORE_VERSION = 1
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 2
+ARRAYS = ("features.npy", "coords.npy")
+CHECK_BLOCKS = 64
+CHECK_BLOCK_BYTES = 1 << 16
 
 
 def _fingerprint(paths: Mapping[str, Path], dtype: str) -> str:
-    h = hashlib.sha256(f"v{STORE_VERSION}|{dtype}".encode())
-    for sid in sorted(paths):
-        p = Path(paths[sid])
-        st = p.stat()
-        h.update(f"|{sid}|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()
+    from sae1n.io.provenance import Provenance
+
+    inputs = {sid: {"path": str(Path(p).resolve()), "size": Path(p).stat().st_size, "mtime_ns": Path(p).stat().st_mtime_ns} for sid, p in paths.items()}
+    return Provenance.make("packed_store", STORE_VERSION, {"dtype": dtype}, inputs).fingerprint()
+
+
+def sampled_checksum(path: str | os.PathLike, full: bool = False) -> dict:
+    """Size, mtime and SHA-256 of sampled blocks of ``path`` (of every byte with ``full``)."""
+    p = Path(path)
+    st = p.stat()
+    h = hashlib.sha256(str(st.st_size).encode())
+    with open(p, "rb") as fh:
+        if full:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        else:
+            last = max(0, st.st_size - CHECK_BLOCK_BYTES)
+            offsets = sorted({int(round(i * last / (CHECK_BLOCKS - 1))) for i in range(CHECK_BLOCKS)})
+            for off in offsets:
+                fh.seek(off)
+                h.update(fh.read(CHECK_BLOCK_BYTES))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, ("sha256_full" if full else "sha256_sampled"): h.hexdigest()}
+
+
+def verify_store(root: str | os.PathLike, *, full: bool = False) -> list[str]:
+    """Problems found in the store at ``root`` against its recorded checksums ([] = intact)."""
+    root = Path(root)
+    try:
+        meta = json.loads((root / "store.json").read_text())
+    except (OSError, ValueError):
+        return ["store.json is missing or unreadable"]
+    recorded = meta.get("checksums") or {}
+    problems = []
+    for name in ARRAYS:
+        want = recorded.get(name)
+        if not want:
+            problems.append(f"{name}: no checksum recorded (store built by an older sae1n)")
+            continue
+        try:
+            got = sampled_checksum(root / name)
+        except OSError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        for key in ("size", "mtime_ns", "sha256_sampled"):
+            if got[key] != want.get(key):
+                problems.append(f"{name}: {key} {want.get(key)} -> {got[key]}")
+        if full and "sha256_full" in want:
+            if sampled_checksum(root / name, full=True)["sha256_full"] != want["sha256_full"]:
+                problems.append(f"{name}: full hash differs")
+    return problems
 
 
 @dataclass
@@ -100,12 +158,15 @@ def open_packed_store(
     rebuild: bool = False,
     expected_dim: int | None = None,
     progress_desc: str = "packing features",
+    verify: str = "sampled",
 ) -> PackedStore:
     """Open the store at ``store_dir`` for these slide files, building it if
     it is missing or its inputs changed (sizes/mtimes), or ``rebuild`` is set.
 
     ``paths`` maps slide id -> feature file (see :func:`feature_paths`).
-    Slides are stored in sorted id order; empty slides hold zero rows.
+    Slides are stored in sorted id order; empty slides hold zero rows. A
+    store whose files fail :func:`verify_store` (``verify``: ``"sampled"``,
+    ``"full"`` or ``"none"``) is rebuilt with a warning.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
@@ -118,7 +179,15 @@ def open_packed_store(
         try:
             store = PackedStore.open(store_dir)
             if store.fingerprint == fp:
-                return store
+                problems = [] if verify == "none" else verify_store(store_dir, full=verify == "full")
+                if not problems:
+                    return store
+                del store
+                log.warning(
+                    "packed feature store %s is damaged (%s); rebuilding it",
+                    store_dir,
+                    "; ".join(problems[:3]),
+                )
         except (OSError, ValueError, KeyError):
             pass  # unreadable store: rebuild it below
     _build(paths, store_dir, dtype, fp, expected_dim, progress_desc)
@@ -152,7 +221,13 @@ def _build(paths, store_dir: Path, dtype: str, fp: str, expected_dim, desc: str)
         feats.flush()
         coords.flush()
         del feats, coords
-        meta = {"version": STORE_VERSION, "fingerprint": fp, "dtype": dtype, "dim": dim, "slide_ids": ids, "offsets": offsets.tolist(), "sources": {sid: str(paths[sid]) for sid in ids}}
+        checksums = {}
+        for name in ARRAYS:
+            checksums[name] = {
+                **sampled_checksum(tmp / name),
+                "sha256_full": sampled_checksum(tmp / name, full=True)["sha256_full"],
+            }
+        meta = {"version": STORE_VERSION, "fingerprint": fp, "dtype": dtype, "dim": dim, "slide_ids": ids, "offsets": offsets.tolist(), "sources": {sid: str(paths[sid]) for sid in ids}, "checksums": checksums}
         (tmp / "store.json").write_text(json.dumps(meta))
 
 

@@ -13,21 +13,13 @@ import numpy as np
 import pandas as pd
 
 from sae1n.errors import InputFileError
-from sae1n.io import feature_paths, read_bag
+from sae1n.io import feature_paths, read_bag, validate_slide_id
 
 TUMOR_LABELS = {"tumor", "tumour", "1", "1.0", "true", "positive", "cancer"}
 NORMAL_LABELS = {"normal", "0", "0.0", "false", "negative", "benign"}
+from sae1n.datasets.patch_labels import read_patch_label_file  # noqa: E402,F401 (the one reader)
 from sae1n.datasets.splits import read_split, slide_id_of  # noqa: E402
-
-
-def _read_csv(path: str | os.PathLike, what: str, fix: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, f"{what} not found", fix)
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises several parser error types
-        raise InputFileError(path, f"cannot be read as CSV ({exc})", fix) from exc
+from sae1n.io.tables import read_csv as _read_csv  # noqa: E402
 
 
 def read_split_slides(split_csv_path: str | os.PathLike, column: str = "train") -> list[str]:
@@ -38,12 +30,12 @@ def read_split_slides(split_csv_path: str | os.PathLike, column: str = "train") 
 def read_slide_table(dataset_csv: str | os.PathLike) -> pd.DataFrame:
     """The metadata CSV indexed by ``slide_id`` (string columns, blanks kept)."""
     fix = "pass the metadata CSV written by `sae1n create-metadata` (columns case_id, slide_id, label, ...)"
-    df = _read_csv(dataset_csv, "dataset CSV", fix)
+    df = _read_csv(dataset_csv, "dataset CSV", fix).fillna("")
     if "slide_id" not in df.columns:
         raise InputFileError(
             dataset_csv, f"has no 'slide_id' column (columns: {list(df.columns)})", fix
         )
-    df["slide_id"] = df["slide_id"].map(slide_id_of)
+    df["slide_id"] = [slide_id_of(validate_slide_id(s, dataset_csv)) for s in df["slide_id"]]
     dup = df["slide_id"][df["slide_id"].duplicated()].unique()
     if len(dup):
         raise InputFileError(
@@ -142,33 +134,6 @@ def neuron_columns(codes, units) -> np.ndarray:
     if sparse.issparse(codes):
         return np.asarray(sparse.csr_matrix(codes)[:, units].toarray(), dtype=np.float64)
     return np.asarray(codes[:, units], dtype=np.float64)
-
-
-def read_patch_label_file(path: str | os.PathLike):
-    """(coords, tumor_fraction, threshold attribute or None) of a patch-label h5."""
-    path = Path(path)
-    fix = "re-run `sae1n patch-labels` for this slide"
-    if not path.is_file():
-        raise InputFileError(path, "patch-label file not found", fix)
-    try:
-        with h5py.File(path, "r") as f:
-            for key in ("coords", "tumor_fraction"):
-                if key not in f:
-                    raise InputFileError(
-                        path, f"lacks the {key!r} dataset (datasets: {sorted(f.keys())})", fix
-                    )
-            coords = np.asarray(f["coords"][()], dtype=np.int64)
-            frac = np.asarray(f["tumor_fraction"][()], dtype=np.float64)
-            thr = f.attrs.get("threshold")
-    except OSError as exc:
-        raise InputFileError(path, f"is not a readable HDF5 file ({exc})", fix) from exc
-    if coords.ndim != 2 or coords.shape[1] != 2 or frac.shape != (coords.shape[0],):
-        raise InputFileError(
-            path, f"coords {coords.shape} and tumor_fraction {frac.shape} do not match", fix
-        )
-    if not np.isfinite(frac).all() or (frac < 0).any() or (frac > 1).any():
-        raise InputFileError(path, "tumor_fraction has values outside [0, 1] or NaN", fix)
-    return coords, frac, (None if thr is None else float(thr))
 
 
 def read_patch_scores(path: str | os.PathLike):

@@ -90,8 +90,8 @@ def neuron_figures(
     """Heatmaps (``<out_dir>/heatmaps/<slide>_unit<U>.png``), optional GeoJSON
     (``geojson/``) and gallery (``galleries/unit<U>_top<N>.png``) of one neuron.
     Existing heatmaps/GeoJSON are kept unless ``overwrite``. Returns the paths."""
+    from sae1n.datasets.annotations import annotation_outlines, find_annotation
     from sae1n.neurons.inputs import code_files, neuron_columns, read_codes
-    from sae1n.viz.annotations import find_annotation, read_outline_polygons
     from sae1n.viz.galleries import neuron_gallery
     from sae1n.viz.geojson import export_geojson
     from sae1n.viz.heatmaps import infer_patch_size, neuron_heatmap
@@ -131,7 +131,7 @@ def neuron_figures(
                 png,
                 attention_file=att if att is not None and att.is_file() else None,
                 patch_label_file=lab if lab is not None and lab.is_file() else None,
-                polygons=read_outline_polygons(ann) if ann is not None else None,
+                polygons=annotation_outlines(ann) if ann is not None else None,
                 **heatmap_kw,
             )
         result["heatmaps"].append(png)

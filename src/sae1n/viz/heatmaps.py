@@ -35,14 +35,17 @@ class PatchScores:
 
 
 def infer_patch_size(coords: np.ndarray, attrs: Mapping | None = None) -> int:
-    """Level-0 patch side: from CLAM/sae1n attrs (``patch_size_level0``, or
-    ``patch_size`` x ``downsample``), else the smallest step of the coord grid."""
+    """Level-0 patch side: the file's :class:`~sae1n.wsi.patch_files.PatchGeometry`
+    (``patch_size_level0``, or CLAM's ``patch_size * int(downsample)``), else
+    the smallest step of the coord grid."""
+    from sae1n.wsi.patch_files import PatchGeometry
+
     attrs = attrs or {}
-    if attrs.get("patch_size_level0"):
-        return int(round(float(np.ravel(attrs["patch_size_level0"])[0])))
-    if attrs.get("patch_size"):
-        ds = np.ravel(attrs.get("downsample", [1.0]))[0]
-        return int(round(float(np.ravel(attrs["patch_size"])[0]) * float(ds)))
+    if attrs.get("patch_size_level0") or attrs.get("patch_size"):
+        try:
+            return PatchGeometry.from_attrs(attrs).side_level0
+        except InputFileError:
+            pass  # e.g. patch_level > 0 without a downsample: fall back to the grid step
     coords = np.asarray(coords).reshape(-1, 2)
     steps = []
     for axis in (0, 1):

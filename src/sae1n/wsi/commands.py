@@ -54,6 +54,12 @@ def configure_create_patches(p: argparse.ArgumentParser) -> None:
     )
     option(
         p,
+        "--overwrite",
+        action="store_true",
+        help="recompute slides whose outputs were made with other settings (default: refuse and say which)",
+    )
+    option(
+        p,
         "--target_mpp",
         type=float,
         default=None,
@@ -105,6 +111,7 @@ def run_create_patches(args) -> int:
         magnification=args.magnification,
         backend=args.backend,
         save_geojson=args.geojson,
+        overwrite=args.overwrite,
     )
     text, all_failed = summarize(df)
     print(text)

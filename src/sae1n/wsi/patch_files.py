@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sae1n.errors import ConfigError, InputFileError
+from sae1n.io.provenance import PROVENANCE_KEY
 
 MPP_SNAP_TOLERANCE = 0.02  # scanners write e.g. 0.499 or 0.2527 for nominal 0.5 / 0.25 um/px
 
@@ -64,6 +65,77 @@ class PatchSpec:
         if self.target_mpp is not None:
             out["target_mpp"] = float(self.target_mpp)
         return out
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """The one reading of a patch file's geometry, used by every stage that
+    maps patches back to the slide (extraction, labels, heatmaps).
+
+    ``size_level0`` is the patch side in level-0 pixels (width, height): the
+    ``patch_size_level0`` attribute when present, else CLAM's rule
+    ``patch_size * int(downsample)`` per axis (CLAM truncates the level
+    downsample: a level with downsample 3.9998 has patches of
+    ``3 * patch_size`` level-0 pixels, the step of CLAM's grid). ``read_size``
+    is what to read at ``patch_level``: ``patch_size`` for level-defined
+    patches, ``size_level0 / downsample`` for physical ones (``target_mpp``)."""
+
+    patch_size: int
+    patch_level: int
+    size_level0: tuple[int, int]
+    downsample: tuple[float, float]
+    target_mpp: float | None = None
+
+    @property
+    def side_level0(self) -> int:
+        """The level-0 side for square patches (width)."""
+        return int(self.size_level0[0])
+
+    @property
+    def read_size(self) -> tuple[int, int]:
+        if self.target_mpp is None:
+            return (self.patch_size, self.patch_size)
+        return (
+            max(1, round(self.size_level0[0] / self.downsample[0])),
+            max(1, round(self.size_level0[1] / self.downsample[1])),
+        )
+
+    @classmethod
+    def from_attrs(
+        cls,
+        attrs: Mapping,
+        path: str | os.PathLike | None = None,
+        level_downsamples=None,
+    ) -> PatchGeometry:
+        """The geometry of a patch (or feature) file's attributes. ``level_downsamples``
+        (the slide's) is used when the file has no ``downsample`` attribute."""
+        where = path or "<patch file>"
+        fix = "re-create the patches with `sae1n create-patches` (or pass --patch_size in level-0 pixels)"
+        if "patch_size" not in attrs and "patch_size_level0" not in attrs:
+            raise InputFileError(where, "has no patch_size or patch_size_level0 attribute", fix)
+        level = int(np.asarray(attrs.get("patch_level", 0)).ravel()[0])
+        if "downsample" in attrs:
+            ds = np.atleast_1d(np.asarray(attrs["downsample"], np.float64)).ravel()
+        elif level_downsamples is not None and 0 <= level < len(level_downsamples):
+            ds = np.atleast_1d(np.asarray(level_downsamples[level], np.float64)).ravel()
+        elif level == 0:
+            ds = np.ones(1)
+        else:
+            raise InputFileError(where, f"patch_level {level} without a downsample attribute", fix)
+        ds = (float(ds[0]), float(ds[1] if ds.size > 1 else ds[0]))
+        target = attrs.get("target_mpp")
+        target = None if target is None or (isinstance(target, float) and np.isnan(target)) else float(target)
+        size = int(np.asarray(attrs.get("patch_size", 0)).ravel()[0])
+        if "patch_size_level0" in attrs:
+            s0 = np.atleast_1d(np.asarray(attrs["patch_size_level0"], np.float64)).ravel()
+            size0 = (int(round(s0[0])), int(round(s0[1] if s0.size > 1 else s0[0])))
+        else:
+            if target is not None:
+                raise InputFileError(where, "has target_mpp but no patch_size_level0 attribute", fix)
+            size0 = (size * int(ds[0]), size * int(ds[1]))
+        if min(size0) <= 0:
+            raise InputFileError(where, f"patch size in level-0 pixels is {size0}", fix)
+        return cls(size or size0[0], level, size0, ds, target)
 
 
 def make_patch_spec(
@@ -134,19 +206,30 @@ def make_patch_spec(
     )
 
 
-def write_patch_file(path: str | os.PathLike, coords: np.ndarray, attrs: Mapping) -> Path:
-    """Write ``coords`` (N, 2) int64 with ``attrs``, atomically."""
+def write_patch_file(
+    path: str | os.PathLike, coords: np.ndarray, attrs: Mapping, provenance=None
+) -> Path:
+    """Write ``coords`` (N, 2) int64 with ``attrs`` (and the :class:`~sae1n.io.provenance.Provenance`
+    record as a file attribute), atomically."""
     import h5py
 
     from sae1n.io import atomic_path
 
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         ds = f.create_dataset(
-            "coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2)
+            "coords",
+            data=coords,
+            maxshape=(None, 2),
+            chunks=(max(1, min(len(coords), 4096)), 2),
+            track_times=False,  # same coords, same bytes: content hashes stay stable
         )
         for k, v in attrs.items():
             ds.attrs[k] = v
+        if provenance is not None:
+            from sae1n.io.provenance import write_h5_provenance
+
+            write_h5_provenance(f, provenance)
     return Path(path)
 
 
@@ -172,8 +255,8 @@ def read_patch_file(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             ds = f["coords"]
             coords = np.asarray(ds[:])
             # file-level attributes (feature h5 files) first; CLAM's coords attributes win
-            attrs = {
-                **{k: _plain(v) for k, v in f.attrs.items()},
+            attrs = {  # the file's provenance record stays with the file (read_provenance)
+                **{k: _plain(v) for k, v in f.attrs.items() if k != PROVENANCE_KEY},
                 **{k: _plain(v) for k, v in ds.attrs.items()},
             }
     except InputFileError:
@@ -198,13 +281,8 @@ def read_patch_file(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
 def read_patch(slide, coord, attrs: Mapping) -> np.ndarray:
     """The RGB uint8 (patch_size, patch_size, 3) patch at level-0 ``coord``
     as defined by a patch file's ``attrs``."""
-    size = int(attrs["patch_size"])
-    level = int(attrs.get("patch_level", 0))
-    if attrs.get("target_mpp") is None:
-        return slide.read_region((int(coord[0]), int(coord[1])), level, (size, size))
-    ds = np.atleast_1d(np.asarray(attrs["downsample"], np.float64))
-    size0 = float(attrs["patch_size_level0"])
-    read = (max(1, round(size0 / ds[0])), max(1, round(size0 / ds[-1])))
+    geom = PatchGeometry.from_attrs(attrs, level_downsamples=slide.level_downsamples)
+    size, level, read = geom.patch_size, geom.patch_level, geom.read_size
     img = slide.read_region((int(coord[0]), int(coord[1])), level, read)
     if read != (size, size):
         import cv2

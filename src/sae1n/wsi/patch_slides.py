@@ -114,16 +114,13 @@ def read_process_list(
     p = Path(path)
     if not p.is_file() and save_dir is not None and (Path(save_dir) / p).is_file():
         p = Path(save_dir) / p
+    from sae1n.io.tables import read_csv
+
     if not p.is_file():
         raise InputFileError(
             p, "process list not found", "give the CSV path (or a name inside --save_dir)"
         )
-    try:
-        return pd.read_csv(p, keep_default_na=True)
-    except Exception as exc:
-        raise InputFileError(
-            p, f"cannot be read as CSV ({exc})", "use the format of process_list_autogen.csv"
-        ) from exc
+    return read_csv(p, "process list", "use the format of process_list_autogen.csv", strings=False)
 
 
 def existing_patch_count(path: Path) -> int | None:
@@ -156,11 +153,14 @@ def process_slide(
     save_mask: bool = True,
     save_geojson: bool = True,
     backend: str = "auto",
+    provenance: dict | None = None,
 ) -> dict:
     """Segment, patch and draw one slide; return its process-list updates
     (``status``, ``reason``, resolved ``seg_level``/``vis_level``, counts).
-    Errors propagate; :func:`create_patches` records them."""
+    ``provenance`` maps output paths to the records to store with them
+    (:func:`slide_outputs`). Errors propagate; :func:`create_patches` records them."""
     from sae1n.io import atomic_write_json
+    from sae1n.io.provenance import sidecar_path, write_sidecar
     from sae1n.wsi.patch_files import make_patch_spec, write_patch_file
     from sae1n.wsi.patching import tissue_patch_coords, whole_slide_region
     from sae1n.wsi.segmentation import contours_to_geojson, resolve_level, segment_tissue
@@ -170,7 +170,15 @@ def process_slide(
     save_dir = Path(save_dir)
     slide_path = Path(slide_path)
     slide_id = slide_path.stem
+    prov = provenance or {}
     row: dict = {"reason": ""}
+
+    for path in prov:  # an output being replaced loses its old record first
+        sidecar_path(path).unlink(missing_ok=True)
+
+    def record(path: Path) -> None:
+        if path in prov:
+            write_sidecar(path, prov[path])
     with open_slide(slide_path, backend=backend) as slide:
         row["level0_mpp"] = slide.mpp if slide.mpp is not None else np.nan
         seg_level = resolve_level(slide, params.seg_level)
@@ -200,6 +208,7 @@ def process_slide(
                 contours_to_geojson(tissue),
                 indent=None,
             )
+            record(save_dir / "geojson" / f"{slide_id}.geojson")
 
         coords = None
         if patch:
@@ -214,14 +223,17 @@ def process_slide(
             )
             row["n_patches"] = len(coords)
             if len(coords):
+                h5 = save_dir / "patches" / f"{slide_id}.h5"
                 write_patch_file(
-                    save_dir / "patches" / f"{slide_id}.h5",
-                    coords,
-                    spec.attrs(slide_id, save_dir / "patches"),
+                    h5, coords, spec.attrs(slide_id, save_dir / "patches"), prov.get(h5)
                 )
             else:  # a redo that finds nothing must not leave an earlier run's outputs behind
-                (save_dir / "patches" / f"{slide_id}.h5").unlink(missing_ok=True)
-                (save_dir / "stitches" / f"{slide_id}.jpg").unlink(missing_ok=True)
+                for stale in (
+                    save_dir / "patches" / f"{slide_id}.h5",
+                    save_dir / "stitches" / f"{slide_id}.jpg",
+                ):
+                    stale.unlink(missing_ok=True)
+                    sidecar_path(stale).unlink(missing_ok=True)
         t2 = time.perf_counter()
 
         if save_mask or (stitch and coords is not None and len(coords)):
@@ -233,6 +245,7 @@ def process_slide(
                     save_dir / "masks" / f"{slide_id}.jpg",
                     draw_tissue(overview, scale, tissue, params.line_thickness),
                 )
+                record(save_dir / "masks" / f"{slide_id}.jpg")
             if stitch and coords is not None and len(coords):
                 # CLAM stitches at the level closest to 64x, independent of vis_level.
                 stitch_level = slide.best_level_for_downsample(64)
@@ -246,6 +259,7 @@ def process_slide(
                     save_dir / "stitches" / f"{slide_id}.jpg",
                     stitch_patches(overview, scale, coords, spec.patch_size_level0[0]),
                 )
+                record(save_dir / "stitches" / f"{slide_id}.jpg")
         log.debug(
             "%s: segmentation %.2fs, patching %.2fs, drawing %.2fs",
             slide_id,
@@ -269,6 +283,62 @@ def process_slide(
     return row
 
 
+PATCH_SCHEMA = 1
+BUSY = "busy"  # another process holds the slide's lock
+WORK_STATUSES = (PROCESSED, NO_TISSUE, FAILED_SEG, FAILED)
+# per-slide parameters that only change the drawings, not the segmentation or the grid
+_DRAWING_PARAMS = ("vis_level", "line_thickness")
+
+
+def slide_outputs(
+    save_dir: str | os.PathLike,
+    slide_path: str | os.PathLike,
+    params: SlideParams,
+    options: dict,
+) -> dict[Path, object]:
+    """The outputs one slide will have and the provenance record each carries.
+
+    ``options`` holds the run's ``patch_size, step_size, patch_level,
+    target_mpp, magnification, seg, patch, stitch, save_mask, save_geojson``.
+    Each record names only what shapes that output: the tissue GeoJSON the
+    segmentation parameters, the coordinates also the grid options, masks
+    and stitches also the drawing parameters."""
+    from sae1n.io.provenance import Provenance
+
+    save_dir, slide_path = Path(save_dir), Path(slide_path)
+    sid = slide_path.stem
+    row = params.as_row()
+    seg_settings = {"seg": bool(options["seg"]), **{k: v for k, v in row.items() if k not in _DRAWING_PARAMS}}
+    grid = {k: options[k] for k in ("patch_size", "step_size", "patch_level", "target_mpp", "magnification")}
+    draw = {k: row[k] for k in _DRAWING_PARAMS}
+    inputs = {"slide": slide_path}
+    out: dict[Path, object] = {}
+    if options["patch"]:
+        out[save_dir / "patches" / f"{sid}.h5"] = Provenance.make(
+            "patch_coords", PATCH_SCHEMA, {**seg_settings, **grid}, inputs
+        )
+        if options["stitch"]:
+            out[save_dir / "stitches" / f"{sid}.jpg"] = Provenance.make(
+                "patch_stitch", PATCH_SCHEMA, {**seg_settings, **grid}, inputs
+            )
+    if options["save_mask"]:
+        out[save_dir / "masks" / f"{sid}.jpg"] = Provenance.make(
+            "tissue_mask", PATCH_SCHEMA, {**seg_settings, **draw}, inputs
+        )
+    if options["seg"] and options["save_geojson"]:
+        out[save_dir / "geojson" / f"{sid}.geojson"] = Provenance.make(
+            "tissue_geojson", PATCH_SCHEMA, seg_settings, inputs
+        )
+    return out
+
+
+def _readable(path: Path) -> bool:
+    """Whether an existing output holds anything worth keeping (a broken h5 is redone)."""
+    if path.suffix == ".h5":
+        return existing_patch_count(path) is not None
+    return path.stat().st_size > 0
+
+
 def create_patches(
     source: str | os.PathLike,
     save_dir: str | os.PathLike,
@@ -286,13 +356,24 @@ def create_patches(
     backend: str = "auto",
     save_mask: bool = True,
     save_geojson: bool = True,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Segment and patch every slide in ``source`` (a folder or one slide file)
     into ``save_dir``; return the process list (also written to
     ``save_dir/process_list_autogen.csv``). Per-slide parameters come from
     ``process_list`` (CLAM's CSV; rows with ``process`` = 1 are run), else
-    from ``preset``."""
-    from sae1n.io import atomic_write_csv
+    from ``preset``.
+
+    A slide is skipped only when every output it would get exists with the
+    same provenance (settings and slide identity). If an existing output was
+    made otherwise, :class:`~sae1n.io.provenance.StaleOutputError` is raised
+    before anything is written, unless ``overwrite`` (recompute those slides)
+    or ``auto_skip=False`` (recompute every slide). Several processes may run
+    on one ``save_dir`` at once: per-slide lock files share the slides."""
+    from sae1n.io import item_lock, remove_stale_temp_files, validate_slide_id
+    from sae1n.io.folders import disk_error, is_disk_error, writable_dir
+    from sae1n.io.provenance import Provenance, is_current, plan_outputs, write_sidecar
+    from sae1n.io.tables import merge_status_csv
     from sae1n.utils import progress
 
     _check_options(patch_size, step_size, patch_level, target_mpp, magnification, backend)
@@ -300,70 +381,149 @@ def create_patches(
     save_dir = Path(save_dir)
     source = Path(source)
     folder = source.parent if source.is_file() else source
+    id_source: object = source
     if isinstance(process_list, pd.DataFrame):
         df = initialize_process_list(process_list, defaults)
+        id_source = "the process list"
     elif process_list is not None:
         df = initialize_process_list(read_process_list(process_list, save_dir), defaults)
+        id_source = process_list
     else:
         df = initialize_process_list(list_slides(source), defaults)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    for name in df["slide_id"]:
+        validate_slide_id(name, id_source)
+    writable_dir(save_dir, "--save_dir")
     out_csv = save_dir / PROCESS_LIST_NAME
+    options = {
+        "patch_size": int(patch_size),
+        "step_size": None if step_size is None else int(step_size),
+        "patch_level": int(patch_level),
+        "target_mpp": target_mpp,
+        "magnification": magnification,
+        "seg": bool(seg),
+        "patch": bool(patch),
+        "stitch": bool(stitch),
+        "save_mask": bool(save_mask),
+        "save_geojson": bool(save_geojson),
+    }
+    list_prov = Provenance.make(
+        "process_list", PATCH_SCHEMA, {**options, "preset": defaults.as_row()}, {}
+    )
 
     todo = df.index[pd.to_numeric(df["process"], errors="coerce").fillna(0).astype(int) == 1]
+    # Plan every slide before touching anything: a stale output stops the run here.
+    planned: dict = {}
+    for idx in todo:
+        name = df.at[idx, "slide_id"]
+        try:
+            params = SlideParams.from_mapping(
+                df.loc[idx].to_dict(), defaults, where=f"process list row {name}: "
+            )
+        except Sae1nError:
+            continue  # recorded as failed below
+        planned[idx] = (params, slide_outputs(save_dir, folder / name, params, options))
+    current: set[Path] = set()
+    if auto_skip:
+        expected = {p: prov for _, outs in planned.values() for p, prov in outs.items()}
+        expected[out_csv] = list_prov
+        _, cur = plan_outputs(expected, overwrite=overwrite, valid=_readable)
+        current = set(cur)
+    remove_stale_temp_files(save_dir)
+    if not list_prov.matches(_read_prov(out_csv)):
+        write_sidecar(out_csv, list_prov)  # before the list, so a parallel run sees it current
+
+    done_here: list[str] = []
+
+    def flush():
+        merge_status_csv(out_csv, df, strong=done_here)
+
     try:
         for idx in progress(todo, desc="create-patches", total=len(todo)):
-            atomic_write_csv(out_csv, df)
+            flush()
             name = df.at[idx, "slide_id"]
             slide_path = folder / name
             slide_id = Path(name).stem
             df.at[idx, "process"] = 0
-            existing = (
-                existing_patch_count(save_dir / "patches" / f"{slide_id}.h5") if auto_skip else None
-            )
-            if existing is not None:
-                _set(
-                    df,
-                    idx,
-                    status=ALREADY_EXIST,
-                    reason="patches/<slide>.h5 exists (use --no_auto_skip to redo)",
-                    n_patches=existing,
-                )
+            outs = planned.get(idx, (None, {}))[1]
+            if auto_skip and outs and all(p in current for p in outs):
+                _set_existing(df, idx, save_dir / "patches" / f"{slide_id}.h5", patch)
                 continue
-            try:
-                params = SlideParams.from_mapping(
-                    df.loc[idx].to_dict(), defaults, where=f"process list row {name}: "
-                )
-                if not slide_path.is_file():
-                    raise InputFileError(
-                        slide_path, "slide file not found", "check --source and the slide_id column"
+            with item_lock(save_dir, slide_id) as mine:
+                if not mine:
+                    _set(df, idx, status=BUSY, reason="another process is working on this slide")
+                    continue
+                if auto_skip and outs and all(
+                    is_current(p, prov) and _readable(p) for p, prov in outs.items()
+                ):
+                    # another process finished it since the plan
+                    _set_existing(df, idx, save_dir / "patches" / f"{slide_id}.h5", patch)
+                    continue
+                try:
+                    if idx not in planned:
+                        SlideParams.from_mapping(
+                            df.loc[idx].to_dict(), defaults, where=f"process list row {name}: "
+                        )
+                    params = planned[idx][0]
+                    if not slide_path.is_file():
+                        raise InputFileError(
+                            slide_path, "slide file not found", "check --source and the slide_id column"
+                        )
+                    row = process_slide(
+                        slide_path,
+                        save_dir,
+                        params,
+                        patch_size=patch_size,
+                        step_size=step_size,
+                        patch_level=patch_level,
+                        target_mpp=target_mpp,
+                        magnification=magnification,
+                        seg=seg,
+                        patch=patch,
+                        stitch=stitch,
+                        save_mask=save_mask,
+                        save_geojson=save_geojson,
+                        backend=backend,
+                        provenance=outs,
                     )
-                row = process_slide(
-                    slide_path,
-                    save_dir,
-                    params,
-                    patch_size=patch_size,
-                    step_size=step_size,
-                    patch_level=patch_level,
-                    target_mpp=target_mpp,
-                    magnification=magnification,
-                    seg=seg,
-                    patch=patch,
-                    stitch=stitch,
-                    save_mask=save_mask,
-                    save_geojson=save_geojson,
-                    backend=backend,
-                )
-            except Sae1nError as exc:
-                row = {"status": FAILED, "reason": str(exc)}
-            except Exception as exc:  # one bad slide must not stop the batch
-                log.debug("slide %s failed", name, exc_info=True)
-                row = {"status": FAILED, "reason": f"{type(exc).__name__}: {exc}"}
+                except Sae1nError as exc:
+                    row = {"status": FAILED, "reason": str(exc)}
+                except Exception as exc:  # one bad slide must not stop the batch
+                    if is_disk_error(exc):
+                        raise disk_error(save_dir, exc) from None
+                    log.debug("slide %s failed", name, exc_info=True)
+                    row = {"status": FAILED, "reason": f"{type(exc).__name__}: {exc}"}
+                done_here.append(str(name))
             if row["status"] in (FAILED, FAILED_SEG):
                 log.warning("%s: %s: %s", name, row["status"], row["reason"])
             _set(df, idx, **row)
+    except Exception as exc:  # a full disk anywhere (locks, outputs, the list): one error
+        if is_disk_error(exc):
+            raise disk_error(save_dir, exc) from None
+        raise
     finally:
-        atomic_write_csv(out_csv, df)
+        try:
+            flush()
+        except OSError as exc:  # the disk is full: the error above says so
+            log.warning("could not write %s: %s", out_csv, exc)
+    df.attrs["processed_here"] = list(done_here)
     return df
+
+
+def _read_prov(path: Path):
+    from sae1n.io.provenance import read_provenance
+
+    return read_provenance(path)
+
+
+def _set_existing(df, idx, h5: Path, patch: bool) -> None:
+    n = existing_patch_count(h5) if patch else None
+    _set(
+        df,
+        idx,
+        status=ALREADY_EXIST,
+        reason="outputs are current (same settings and slide); --overwrite or --no_auto_skip to redo",
+        **({"n_patches": n} if n is not None else {}),
+    )
 
 
 def _check_options(patch_size, step_size, patch_level, target_mpp, magnification, backend) -> None:
