@@ -108,8 +108,14 @@ def test_deterministic_and_resumable(tmp_path, caplog):
         resumed = train_mil(cfg)
     assert "already trained" in caplog.text and pred_path.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(first.astype(str), resumed.astype(str))
-    # changed settings retrain
-    train_mil(c.config(**{**SMALL, "max_epochs": 2}))
+    # changed settings refuse (issue 13: nothing is replaced silently) ...
+    from sae1n.io.provenance import StaleOutputError
+
+    with pytest.raises(StaleOutputError, match="--overwrite"):
+        train_mil(c.config(**{**SMALL, "max_epochs": 2}))
+    assert pred_path.stat().st_mtime_ns == stamp
+    # ... and retrain with overwrite
+    train_mil(c.config(**{**SMALL, "max_epochs": 2}), overwrite=True)
     assert pred_path.stat().st_mtime_ns != stamp
 
 
