@@ -193,3 +193,35 @@ def test_only_topk_models(ref):
     cfg.sae.model_type = "VanillaSAE"
     with pytest.raises(ConfigError, match="compat=paper supports"):
         pe.run_paper_training(cfg)
+
+
+def test_default_run_exports_paper_pt(tmp_path):
+    """checkpoint.paper_pt=true: the paper's sae_best.pt beside sae1n's safetensors."""
+    from sae1n.sae.paper_exact import export_paper_checkpoints
+
+    ck = tmp_path / "exp" / "checkpoints"
+    ck.mkdir(parents=True)
+    from sae1n.sae.checkpoints import load_sae, save_sae
+    from sae1n.sae.models import build_sae
+
+    model = build_sae({"act_size": 8, "dict_size": 16, "top_k": 2, "top_k_aux": 4})
+    save_sae(model, ck / "sae_best.safetensors", config={"sae": model.cfg.to_dict()})
+    (pt,) = export_paper_checkpoints(tmp_path / "exp")
+    state = torch.load(pt, weights_only=True)
+    assert set(state) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
+    assert torch.equal(state["W_dec"], model.W_dec.detach())
+    torch.testing.assert_close(load_sae(pt).W_enc, model.W_enc)
+
+
+def test_train_sae_paper_pt_switch(ref, tmp_path):
+    from sae1n.sae.config import load_sae_config
+    from sae1n.sae.train import train_sae
+
+    s = _cfg(ref, "btk")
+    cfg = load_sae_config("demo", [
+        f"output_dir={tmp_path}", "sae.device=cpu", f"data.feature_dir={s.data.feature_dir}",
+        f"data.split_csv_path={s.data.split_csv_path}", "data.file_type=pt", "data.allow_missing=true",
+        "sae.act_size=64", "training.num_epochs=1", "training.batch_size=512", "checkpoint.paper_pt=true",
+    ])
+    out = train_sae(cfg)
+    assert set(torch.load(out / "checkpoints" / "sae_final.pt", weights_only=True)) >= {"W_enc", "W_dec"}

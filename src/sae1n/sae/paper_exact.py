@@ -617,3 +617,29 @@ def train_sae_paper(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None
 def paper_batches(run: PaperRun) -> Iterator[np.ndarray]:
     """The row ids of each recorded train batch (``record=True``)."""
     yield from run.train.get("rows", [])
+
+
+def export_paper_checkpoints(exp_dir: str | Path) -> list[Path]:
+    """Write the paper's ``sae_<name>.pt`` (plain state dict of the paper's keys,
+    ``torch.load(weights_only=True)``) beside every ``sae_<name>.safetensors``
+    of an experiment (and its sweep runs), so the paper's own tools read sae1n
+    runs (``checkpoint.paper_pt=true``). The ``config_<name>.json`` saved with
+    each checkpoint is already beside it. Note: sae1n's default TopK /
+    BatchTopK encoders add ``b_enc``, which the paper's code ignores; train
+    with ``sae.paper_compat_no_b_enc=true`` for identical codes there."""
+    from safetensors.torch import load_file
+
+    written = []
+    for st in sorted(Path(exp_dir).rglob("checkpoints/sae_*.safetensors")):
+        state = {k: v for k, v in load_file(str(st)).items() if k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+        if "W_enc" not in state:
+            continue
+        pt = st.with_suffix(".pt")
+        with atomic_path(pt) as tmp:
+            torch.save({k: v.contiguous() for k, v in state.items()}, tmp)
+        pt.chmod(0o644)
+        prov = read_provenance(st)
+        if prov is not None:
+            write_sidecar(pt, prov)
+        written.append(pt)
+    return written
