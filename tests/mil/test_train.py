@@ -47,6 +47,10 @@ def test_every_model_trains_and_writes_outputs(tmp_path, model_type):
             with h5py.File(c.data_dir / c.backbone / "h5_files" / f"{sid}.h5") as g:
                 assert np.array_equal(f["coords"][()], g["coords"][()])
             assert f["scores"].dtype == np.float32 and np.isfinite(f["scores"][()]).all()
+        # provenance (issue 13): the patch scores carry the fold's record
+        from sae1n.io.provenance import read_provenance
+
+        assert read_provenance(fold / "patch_scores" / f"{sid}.h5") == read_provenance(fold / "metrics.json")
     # the checkpoint alone reproduces the test predictions
     model, info = load_mil_checkpoint(fold / "checkpoint_best.safetensors")
     assert info["model"]["type"] == model_type

@@ -121,3 +121,18 @@ def test_analyze_sae_compat_switch(ref, tmp_path):
     )
     assert list(df.columns) == ["unit_id", "t_statistic", "p_value", "tumor_mean_activation", "normal_mean_activation"]
     assert df["unit_id"].iloc[0] == 201
+
+
+def test_cli_analyze_sae_compat_paper(ref, tmp_path, capsys):
+    from sae1n.cli import main
+
+    args = [
+        "analyze-sae", "exp_A", "--split_csv_path", str(ref / "inputs/splits_0.csv"),
+        "--feature_dir", str(ref / "inputs/pt_files"), "--dataset_csv", str(ref / "inputs/dataset.csv"),
+        "--output_dir", str(tmp_path), "--num_features", "256", "--compat", "paper",
+    ]
+    assert main(args) == 0
+    assert "201" in capsys.readouterr().out
+    # a default-mode run into the same folder refuses to replace the paper ranking
+    assert main(args[:-2]) != 0
+    assert main([*args[:-2], "--overwrite"]) == 0

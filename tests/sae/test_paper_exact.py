@@ -225,3 +225,40 @@ def test_train_sae_paper_pt_switch(ref, tmp_path):
     ])
     out = train_sae(cfg)
     assert set(torch.load(out / "checkpoints" / "sae_final.pt", weights_only=True)) >= {"W_enc", "W_dec"}
+
+
+def test_default_mode_known_differences(ref):
+    """Rows 2, 7, 8 of docs/paper_differences.md, shown on the fixture's batch 0."""
+    from safetensors.torch import load_file
+
+    from sae1n.sae.models import build_sae
+    from sae1n.sae.train import make_optimizer, train_step
+
+    cfg = _cfg(ref, "btk")
+    rec = np.load(ref / "runs" / "btk" / "records.npz")
+    train, _ = pe._split_files(cfg)
+    _, load = pe._loader(train, "features")
+    x = torch.cat([load(i) for i in range(len(train))])[torch.from_numpy(rec["train_batch_rows"][0]).long()]
+    given = load_file(str(ref / "inputs" / "given_init.safetensors"))
+    sae_cfg = OmegaConf.to_container(cfg.sae)
+    ours = build_sae({k: v for k, v in sae_cfg.items() if k not in ("dtype", "device", "dict_size_ratio")})
+    ours.load_state_dict({**given, "num_batches_not_active": torch.zeros(256)})
+    paper = pe.PaperSAE(sae_cfg)
+    paper.load_state_dict(given)
+    # row 8: b_enc (non-zero in the given init) is used by default, never by the paper
+    ours.eval()
+    paper.eval()
+    with torch.no_grad():
+        assert not torch.allclose(ours.encode(x), paper.encode(x))
+    # row 7: an eval forward moves the paper's threshold, not ours
+    with torch.no_grad():
+        paper(x)
+        ours(x)
+    assert float(paper.threshold) > 0 and float(ours.threshold) == 0
+    # row 2: after one step our decoder rows are unit norm, the paper's are not
+    opt = make_optimizer(ours, OmegaConf.create({"lr": 1e-3, "beta1": 0.9, "beta2": 0.99}))
+    train_step(ours, opt, x, 1e5)
+    run = pe.run_paper_training(cfg, init_state=given, max_steps=1)
+    ours_dev = (ours.W_dec.detach().norm(dim=-1) - 1).abs().max().item()
+    paper_dev = (run.model.W_dec.detach().norm(dim=-1) - 1).abs().max().item()
+    assert ours_dev < 1e-6 < paper_dev

@@ -683,7 +683,7 @@ def analyze_sae_paper(
         by_id = {f.stem: f for f in files}
         files = [by_id[s] for s in file_order if s in by_id]
     try:
-        split = pd.read_csv(split_csv_path)
+        split = pd.read_csv(split_csv_path, dtype=str)
         meta = pd.read_csv(dataset_csv, dtype={"slide_id": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputFileError(split_csv_path, f"cannot read the split / dataset CSV ({exc})", "check the paths") from exc
