@@ -11,7 +11,9 @@ measured max 3.6e-7)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,31 +24,47 @@ from sae1n.configs import load_experiment
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io.provenance import StaleOutputError, read_provenance
 from sae1n.mil import train as mil_train
+from tests.conftest import SHARED_DATA
+
+_ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "mil_training"
+RUNS = sorted(p.name for p in (_ROOT / "runs").glob("*") if (p / "exp_config_used.json").is_file()) or ["maxmil"]
 
 
 @pytest.fixture(scope="module")
 def ref(shared_data):
-    root = shared_data / "paper_reference" / "mil_training"
+    root = _ROOT
     if not root.is_dir():
         pytest.skip(f"{root} not found")
     return root
 
 
-def _cfg(ref, out, epochs, *extra, inputs=None):
+def _exp_cfg(ref, run_name="maxmil"):
+    runs = ref / "runs"
+    path = runs / run_name / "exp_config_used.json"
+    if not path.is_file():
+        path = sorted(runs.glob("*/exp_config_used.json"))[0]
+    return json.loads(path.read_text())
+
+
+def _cfg(ref, out, epochs, *extra, inputs=None, run_name="maxmil"):
     inputs = inputs or ref / "inputs"
+    e = _exp_cfg(ref, run_name)
+    model = e.get("model", {})
+    opt = [f"optimizer.{k}={v}" for k, v in (e.get("optimizer") or {}).items()]
+    plain = [f"{k}={e[k]}" for k in ("seed", "k", "k_start", "k_end", "weighted_sample", "early_stopping", "patience", "stop_epoch", "n_classes") if k in e]
     return load_experiment(
         "mil",
         "camelyon16_conch_maxmil",
         [
             f"dataset.csv_path={inputs}/metadata.csv",
             f"dataset.data_dir={inputs}",
-            "features.backbone=features_toy32",
+            f"features.backbone={e.get('features', {}).get('backbone', 'features_toy32')}",
             "features.use_sae_selected_units=False",
             f"split_dir={inputs}/splits",
-            "model.in_dim=32",
-            "k=5",
-            "k_start=0",
-            "k_end=1",
+            f"model.type={model.get('type', 'max_mil')}",
+            f"model.in_dim={model.get('in_dim', 32)}",
+            *plain,
+            *opt,
             f"max_epochs={epochs}",
             f"results_dir_base={out}",
             "preloading=no",
@@ -70,11 +88,13 @@ def _train(cfg, monkeypatch, **kw):
     return summary, seen["run"]
 
 
-@pytest.mark.parametrize("run_name, epochs, best", [("maxmil", 30, 29), ("maxmil_8ep", 8, 0)])
-def test_paper_training_matches_recorded_run(ref, tmp_path, monkeypatch, run_name, epochs, best):
+@pytest.mark.parametrize("run_name", RUNS)
+def test_paper_training_matches_recorded_run(ref, tmp_path, monkeypatch, run_name):
     torch.set_num_threads(1)
-    summary, run = _train(_cfg(ref, tmp_path, epochs, "compat=paper"), monkeypatch)
     rec = ref / "runs" / run_name
+    epochs = int(_exp_cfg(ref, run_name)["max_epochs"])
+    best = json.loads((rec / "final.json").read_text())["best_epoch_reloaded"]
+    summary, run = _train(_cfg(ref, tmp_path, epochs, "compat=paper", run_name=run_name), monkeypatch)
     bags = pd.read_csv(rec / "bags.csv")
     train = bags[bags.phase == "train"].reset_index(drop=True)
     mine = pd.DataFrame(run.train_trace)
@@ -92,16 +112,24 @@ def test_paper_training_matches_recorded_run(ref, tmp_path, monkeypatch, run_nam
     for c in ("train_loss", "val_loss", "val_loss_min_after_epoch"):
         np.testing.assert_allclose(got[c], want[c], rtol=0, atol=1e-6, err_msg=c)
     final = json.loads((rec / "final.json").read_text())
-    assert final["best_epoch_reloaded"] == best
     assert int(np.flatnonzero(got["checkpoint_saved"])[-1]) == best
-    name = "summary_partial_0_1.csv"
+    assert len(got) == final["num_epochs_run"]
+    (name,) = [p.name for p in (rec / "paper_outputs").glob("summary*.csv")]
     out = tmp_path / "mil" / "camelyon16_conch_maxmil" / name
     assert out.read_bytes() == (rec / "paper_outputs" / name).read_bytes()
     assert read_provenance(out) is not None
-    splits = tmp_path / "mil" / "camelyon16_conch_maxmil" / "splits_0.csv"
-    assert pd.read_csv(splits).fillna("").equals(pd.read_csv(rec / "paper_outputs" / "splits_0.csv", index_col=0).fillna(""))
-    preds = pd.read_csv(tmp_path / "mil" / "camelyon16_conch_maxmil" / "fold_0" / "predictions_test.csv")
-    results = json.loads((rec / "paper_outputs" / "split_0_results.json").read_text())
+    for f in (rec / "paper_outputs").glob("splits_*.csv"):
+        mine_split = pd.read_csv(tmp_path / "mil" / "camelyon16_conch_maxmil" / f.name)
+        assert mine_split.fillna("").equals(pd.read_csv(f, index_col=0).fillna(""))
+    fold = int(_exp_cfg(ref, run_name).get("k_start", 0))
+    preds = pd.read_csv(tmp_path / "mil" / "camelyon16_conch_maxmil" / f"fold_{fold}" / "predictions_test.csv")
+    results = json.loads((rec / "paper_outputs" / f"split_{fold}_results.json").read_text())
+    for key, split in (("final_val", "val"), ("final_test", "test")):
+        m = pd.read_csv(tmp_path / "mil" / "camelyon16_conch_maxmil" / f"fold_{fold}" / f"predictions_{split}.csv")
+        from sklearn.metrics import roc_auc_score
+
+        assert roc_auc_score(m["label"], m["prob_1"]) == final[key]["auc"]
+        assert float((m["pred"] != m["label"]).mean()) == final[key]["error"]
     for _, row in preds.iterrows():
         np.testing.assert_allclose([row.prob_0, row.prob_1], np.asarray(results[row.slide_id]["prob"]).reshape(-1), atol=1e-6)
 
@@ -112,10 +140,12 @@ def test_init_weights_match(ref):
     from sae1n.mil.paper_models import build_paper_model
     from sae1n.utils import seed_everything
 
-    seed_everything(42)
-    state = build_paper_model("max_mil", 32, 2).state_dict()
-    for k, v in load_file(str(ref / "runs" / "maxmil" / "init_weights.safetensors")).items():
-        assert torch.equal(state[k], v), k
+    for run_name in RUNS:
+        e = _exp_cfg(ref, run_name)
+        seed_everything(int(e.get("seed", 42)))
+        state = build_paper_model(e["model"]["type"], int(e["model"]["in_dim"]), 2).state_dict()
+        for k, v in load_file(str(ref / "runs" / run_name / "init_weights.safetensors")).items():
+            assert torch.equal(state[k], v), k
 
 
 def test_default_mode_differs(ref, tmp_path, monkeypatch):
@@ -125,7 +155,7 @@ def test_default_mode_differs(ref, tmp_path, monkeypatch):
     sets = run._fold_sets(0)
     split = pd.read_csv(ref / "inputs" / "splits" / "splits_0.csv")
     assert sets["train"] == split["train"].dropna().tolist()
-    bags = pd.read_csv(ref / "runs" / "maxmil" / "bags.csv")
+    bags = pd.read_csv(ref / "runs" / RUNS[0] / "bags.csv")
     paper_val = bags[(bags.phase == "val") & (bags.epoch == 0)]["slide_id"].tolist()
     assert sets["val"] != paper_val and sorted(sets["val"]) == sorted(paper_val)
 
