@@ -157,7 +157,11 @@ def test_default_mode_differs(ref, tmp_path, monkeypatch):
     assert sets["train"] == split["train"].dropna().tolist()
     bags = pd.read_csv(ref / "runs" / RUNS[0] / "bags.csv")
     paper_val = bags[(bags.phase == "val") & (bags.epoch == 0)]["slide_id"].tolist()
-    assert sets["val"] != paper_val and sorted(sets["val"]) == sorted(paper_val)
+    assert sets["val"] != paper_val
+    assert sorted(sets["val"]) == sorted(paper_val)
+    # row 22: sae1n's summary has no index column and extra metrics
+    summary = pd.read_csv(tmp_path / "mil" / "camelyon16_conch_maxmil" / "summary.csv")
+    assert summary.columns[0] == "folds" and "test_f1" in summary.columns
 
 
 def test_provenance_skip_refuse_overwrite(ref, tmp_path, monkeypatch):

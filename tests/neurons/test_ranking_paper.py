@@ -164,3 +164,15 @@ def test_cli_analyze_sae_compat_paper(ref, tmp_path, capsys):
     assert main(args) == 0  # current: not recomputed
     assert csv.stat().st_mtime_ns == before
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_default_selection_is_stable_paper_selection_is_pandas_default():
+    """Row 16: ties in p keep the CSV order by default; the paper uses pandas'
+    default (unstable) quicksort, which can reorder them."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"unit_id": np.arange(300), "p_value": rng.choice([0.01, 0.02, 0.03], 300)})
+    stable = df.sort_values("p_value", kind="mergesort")["unit_id"].to_numpy()
+    quick = df.sort_values("p_value")["unit_id"].to_numpy()
+    assert not np.array_equal(stable, quick)  # quicksort reorders ties here
+    assert np.array_equal(select_units(df, 300, "p_value"), stable)
+    assert np.array_equal(select_units(df, 300, "p_value", compat="paper"), quick)

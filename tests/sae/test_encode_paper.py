@@ -143,6 +143,14 @@ def test_default_mode_differs_from_paper(ref, tmp_path):
     save_sae_features(exp, fd, device="cpu", compat="paper", out_dir=tmp_path / "p")
     with h5py.File(tmp_path / "p" / "h5_files" / "s.h5") as f:
         assert dict(f["coords"].attrs) == {}
+    # row 10: an empty slide is an empty output by default, skipped by the paper
+    dim = torch.load(exp / "checkpoints" / "sae_best.pt", weights_only=True)["W_enc"].shape[0]
+    with h5py.File(fd / "h5_files" / "e.h5", "w") as f:
+        f["features"] = np.zeros((0, dim), dtype=np.float32)
+    default = save_sae_features(exp, fd, device="cpu", file_type="h5")
+    assert "e" in default.encoded and (base / "h5_files" / "e.h5").is_file()
+    paper = save_sae_features(exp, fd, device="cpu", compat="paper", out_dir=tmp_path / "p")
+    assert paper.invalid == ["e"] and not (tmp_path / "p" / "h5_files" / "e.h5").exists()
 
 
 def test_cli_compat_flag(ref, tmp_path):

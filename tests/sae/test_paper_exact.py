@@ -304,3 +304,26 @@ def test_default_mode_known_differences(ref):
     ours_dev = (ours.W_dec.detach().norm(dim=-1) - 1).abs().max().item()
     paper_dev = (run.model.W_dec.detach().norm(dim=-1) - 1).abs().max().item()
     assert ours_dev < 1e-6 < paper_dev
+
+
+def test_default_init_and_validation_differ(ref):
+    """Rows 1 and 6: sae1n's default init skips the two DataLoader draws; its
+    validation visits each val row once, the paper's persistent stream repeats
+    some rows within one validation (batches span buffer fills)."""
+    from safetensors.torch import load_file
+
+    from sae1n.sae.models import build_sae
+    from sae1n.utils import seed_everything
+
+    v = _btk_variant(ref)
+    s = _summary(ref, v)
+    sae = s["paper_exp_config_resolved"]["sae"]
+    seed_everything(int(s["paper_exp_config_resolved"]["seed"]))
+    ours = build_sae({k: sae[k] for k in ("model_type", "act_size", "dict_size", "top_k", "top_k_aux")})
+    (init_file,) = sorted((ref / "runs").glob("init_weights_paper_seed*.safetensors"))
+    assert not torch.equal(ours.W_enc.detach(), load_file(str(init_file))["W_enc"])
+    rec = np.load(ref / "runs" / v / "records.npz")
+    per_validation = s["val_batches_per_validation"]
+    first = rec["val_batch_rows"][:per_validation].reshape(-1)
+    if s["num_val_rows"] % int(s["paper_exp_config_resolved"]["training"]["batch_size"]):
+        assert len(np.unique(first)) < len(first)
