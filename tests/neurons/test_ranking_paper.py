@@ -24,8 +24,6 @@ from sae1n.neurons.ranking import (
     read_paper_csv_floats,
     select_units,
 )
-
-
 from tests.conftest import SHARED_DATA
 
 _ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "analyze_sae"
