@@ -327,3 +327,15 @@ def test_default_init_and_validation_differ(ref):
     first = rec["val_batch_rows"][:per_validation].reshape(-1)
     if s["num_val_rows"] % int(s["paper_exp_config_resolved"]["training"]["batch_size"]):
         assert len(np.unique(first)) < len(first)
+
+
+def test_periodic_checkpoints(ref, tmp_path):
+    """checkpoint_freq: sae_<i>.pt at every multiple (state after that step's forward)."""
+    cfg = _cfg(ref, VARIANTS[0])
+    seen = []
+    run = pe.run_paper_training(cfg, max_steps=7, on_checkpoint=lambda r, i: seen.append(i))
+    assert seen == [0]  # checkpoint_freq 10000 in the recorded config
+    cfg.training.checkpoint_freq = 3
+    seen.clear()
+    run = pe.run_paper_training(cfg, max_steps=7, on_checkpoint=lambda r, i: seen.append(i))
+    assert seen == [0, 3, 6] and run.num_steps == 7

@@ -369,6 +369,7 @@ def run_paper_training(
     init_state: Mapping[str, torch.Tensor] | None = None,
     record: bool = False,
     on_best: Callable[[PaperRun, int], None] | None = None,
+    on_checkpoint: Callable[[PaperRun, int], None] | None = None,
     device: str = "cpu",
     max_steps: int | None = None,
 ) -> PaperRun:
@@ -377,7 +378,10 @@ def run_paper_training(
     ``init_state`` (a state dict) is loaded strictly after the paper's own init,
     as the recorded ``*_given`` runs did; ``record`` keeps per-step values
     (losses, thresholds, dead counters, batch row ids) for comparison;
-    ``on_best(run, step)`` is called at each new best validation loss.
+    ``on_best(run, step)`` is called at each new best validation loss;
+    ``on_checkpoint(run, step)`` every ``checkpoint_freq`` steps, after the
+    forward and before the update (the position of the periodic save in the
+    loop the paper's training.py derives from; not covered by the recorded runs).
     """
     c = _paper_settings(cfg)
     sae_cfg, tr = c["sae"], c["training"]
@@ -411,6 +415,7 @@ def run_paper_training(
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=float(tr["lr"]), betas=(float(tr["beta1"]), float(tr["beta2"])))
     max_grad_norm = float(tr.get("max_grad_norm", 1e5))
+    ckpt_freq = int(tr.get("checkpoint_freq") or 0)
     run = PaperRun(model, n_steps)
     rec = run.train
     is_btk = model.model_type == "BatchTopKSAE"
@@ -429,6 +434,8 @@ def run_paper_training(
             keep("nbna_after_train_forward", model.num_batches_not_active.cpu().numpy().copy())
             if is_btk:
                 keep("threshold_after_train_forward", float(model.threshold))
+        if on_checkpoint is not None and ckpt_freq > 0 and i % ckpt_freq == 0:
+            on_checkpoint(run, i)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         model.make_decoder_weights_and_grad_unit_norm()
@@ -587,10 +594,15 @@ def train_sae_paper(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None
     def write_best(run: PaperRun, step: int) -> None:
         save_paper_checkpoint(run.best_state, ckpt / "sae_best.pt", saved_cfg, prov)
 
+    def write_step(run: PaperRun, step: int) -> None:
+        state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+        save_paper_checkpoint(state, ckpt / f"sae_{step}.pt", saved_cfg, prov)
+
     run = run_paper_training(
         cfg,
         init_state=_load_init(init_path) if init_path else None,
         on_best=write_best,
+        on_checkpoint=write_step,
         device=device,
     )
     for cb in callbacks:
