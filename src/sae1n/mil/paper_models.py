@@ -191,7 +191,11 @@ class PaperTransMIL(MILModel):
 
 
 def build_paper_model(model_type: str, in_dim: int, n_classes: int, *, dropout=True, act: str = "relu") -> MILModel:
-    """The paper's model of ``model_type`` (after ``seed_torch`` this reproduces its init)."""
+    """The paper's model of ``model_type`` (after ``seed_torch`` this reproduces its init).
+
+    As the paper's ``core_utils.train`` builds them: MaxMIL / MeanMIL with their
+    defaults (``dropout=True``, ReLU, whatever ``model.drop_out`` says), ABMIL and
+    TransMIL with ``dropout`` / ``act`` from the config."""
     from sae1n.mil.models import canonical_model_type
 
     t = canonical_model_type(model_type)
@@ -201,10 +205,8 @@ def build_paper_model(model_type: str, in_dim: int, n_classes: int, *, dropout=T
             "drop compat=paper for CLAM / MambaMIL",
         )
     dropout = bool(dropout) if not isinstance(dropout, int | float) or isinstance(dropout, bool) else dropout > 0
-    if t == "max_mil":
-        return PaperInstanceMIL(in_dim, n_classes, "max", dropout, act)
-    if t == "mean_mil":
-        return PaperInstanceMIL(in_dim, n_classes, "mean", dropout, act)
+    if t in ("max_mil", "mean_mil"):
+        return PaperInstanceMIL(in_dim, n_classes, t.split("_")[0])
     if t == "att_mil":
         return PaperDAttention(in_dim, n_classes, dropout, act)
     return PaperTransMIL(in_dim, n_classes, dropout, act)
