@@ -247,9 +247,10 @@ def save_sae_features(
     me = dist.info()
     mine = dict(dist.shard(paths.items()))
     manifest = _read_manifest(base)
+    # every rank checks every slide, so a stale output stops all ranks alike
     todo = _plan(
         base,
-        {sid: expected[sid] for sid in mine},
+        expected,
         manifest,
         dense,
         sparse,
