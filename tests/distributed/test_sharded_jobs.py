@@ -90,6 +90,7 @@ def test_sharded_encoding_covers_every_slide_once(one_process, cohort, tmp_path)
         (out / kind).mkdir(parents=True)
         ext = "pt" if kind == "pt_files" else "h5"
         shutil.copy(src / f"{done}.{ext}", out / kind / f"{done}.{ext}")
+    shutil.copy(tmp_path / "one" / "codes.provenance.json", out)  # its provenance record
     argv = ["save-sae-features", str(one_process), f"--out_dir={out}", "--device=cpu"]
     assert run_ranks(tmp_path / "launch", _cli, argv, via_env=True) == [0, 0]
     assert json.loads((out / "encoding.json").read_text())["n_slides"] == len(cohort.slide_ids)

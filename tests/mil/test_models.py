@@ -114,16 +114,24 @@ def test_nystrom_pieces():
     t = torch.arange(10.0).reshape(1, 10, 1)
     assert segment_means(t, 3).flatten().tolist() == pytest.approx([1.0, 4.0, 7.5])
     torch.manual_seed(0)
-    attn = NystromAttention(16, heads=2, num_landmarks=8, dropout=0.0).eval()
+    attn = NystromAttention(16, heads=2, num_landmarks=8, dropout=0.0, exact=True).eval()
     short = torch.randn(1, 8, 16)
     out, row = attn(short, return_first_row=True)
     assert row.shape == (1, 8) and torch.allclose(row.sum(-1), torch.ones(1))  # exact softmax row
     # many landmarks on a long sequence approximate exact attention closely
     long = torch.randn(1, 64, 16)
-    exact = NystromAttention(16, heads=2, num_landmarks=64, dropout=0.0).eval()
+    exact = NystromAttention(16, heads=2, num_landmarks=64, dropout=0.0, exact=True).eval()
     exact.load_state_dict(attn.state_dict())
     approx = NystromAttention(16, heads=2, num_landmarks=32, pinv_iterations=20, dropout=0.0).eval()
     approx.load_state_dict(attn.state_dict())
     with torch.no_grad():
         e, a = exact(long), approx(long)
     assert torch.nn.functional.cosine_similarity(e.flatten(), a.flatten(), dim=0) > 0.98
+    # the paper's arithmetic (the default) pads a short sequence to the landmarks:
+    # not exact attention, unlike exact=True
+    paper = NystromAttention(16, heads=2, num_landmarks=8, dropout=0.0).eval()
+    paper.load_state_dict(attn.state_dict())
+    with torch.no_grad():
+        p_out, p_row = paper(torch.randn(1, 5, 16), return_first_row=True)
+        x_out = attn(torch.randn(1, 5, 16))
+    assert p_out.shape == x_out.shape == (1, 5, 16) and p_row.shape == (1, 5)

@@ -47,6 +47,10 @@ def test_every_model_trains_and_writes_outputs(tmp_path, model_type):
             with h5py.File(c.data_dir / c.backbone / "h5_files" / f"{sid}.h5") as g:
                 assert np.array_equal(f["coords"][()], g["coords"][()])
             assert f["scores"].dtype == np.float32 and np.isfinite(f["scores"][()]).all()
+        # provenance (issue 13): the patch scores carry the fold's record
+        from sae1n.io.provenance import read_provenance
+
+        assert read_provenance(fold / "patch_scores" / f"{sid}.h5") == read_provenance(fold / "metrics.json")
     # the checkpoint alone reproduces the test predictions
     model, info = load_mil_checkpoint(fold / "checkpoint_best.safetensors")
     assert info["model"]["type"] == model_type
@@ -108,8 +112,14 @@ def test_deterministic_and_resumable(tmp_path, caplog):
         resumed = train_mil(cfg)
     assert "already trained" in caplog.text and pred_path.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(first.astype(str), resumed.astype(str))
-    # changed settings retrain
-    train_mil(c.config(**{**SMALL, "max_epochs": 2}))
+    # changed settings refuse (issue 13: nothing is replaced silently) ...
+    from sae1n.io.provenance import StaleOutputError
+
+    with pytest.raises(StaleOutputError, match="--overwrite"):
+        train_mil(c.config(**{**SMALL, "max_epochs": 2}))
+    assert pred_path.stat().st_mtime_ns == stamp
+    # ... and retrain with overwrite
+    train_mil(c.config(**{**SMALL, "max_epochs": 2}), overwrite=True)
     assert pred_path.stat().st_mtime_ns != stamp
 
 

@@ -110,3 +110,22 @@ def test_decoder_loading_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(InputFileError, match="cannot be read as safetensors"):
         decoder_directions(tmp_path / "bad.safetensors")
+
+
+def test_paper_checkpoint_read_through_the_sae_loader(tmp_path):
+    """An experiment holding only the paper's sae_best.pt (+ config_best.json) is
+    named from its decoder, read by sae1n.sae.checkpoints (issue 13)."""
+    import json
+
+    exp = tmp_path / "exp"
+    (exp / "checkpoints").mkdir(parents=True)
+    w_dec = torch.randn(16, 8)
+    state = {"W_enc": torch.randn(8, 16), "W_dec": w_dec, "b_enc": torch.zeros(16), "b_dec": torch.zeros(8), "threshold": torch.tensor(0.5)}
+    torch.save(state, exp / "checkpoints" / "sae_best.pt")
+    cfg = {"sae": {"model_type": "BatchTopKSAE", "act_size": 8, "dict_size": 16, "top_k": 2, "top_k_aux": 4, "aux_penalty": 0.03, "n_batches_to_dead": 5}}
+    (exp / "checkpoints" / "config_best.json").write_text(json.dumps(cfg))
+    for src in (exp, exp / "checkpoints" / "sae_best.pt"):
+        np.testing.assert_array_equal(decoder_directions(src), w_dec.numpy().astype(np.float64))
+    (exp / "checkpoints" / "config_best.json").unlink()
+    with pytest.raises(InputFileError, match="config missing"):
+        decoder_directions(exp)

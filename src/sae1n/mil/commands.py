@@ -22,6 +22,12 @@ def configure_train_mil(p: argparse.ArgumentParser) -> None:
     )
     option(
         p,
+        "--overwrite",
+        action="store_true",
+        help="retrain folds whose outputs were made with other settings or inputs (default: refuse)",
+    )
+    option(
+        p,
         "--device",
         default=None,
         help="cpu, cuda, cuda:1 ... (default: the config's `device`, auto)",
@@ -41,10 +47,13 @@ def run_train_mil(args) -> int:
 
     # options written after exp=... arrive in the remainder
     tokens, device, allow_missing = [], args.device, args.allow_missing
+    overwrite = args.overwrite
     rest = iter(args.args)
     for tok in rest:
         if tok in _ALLOW_MISSING_FLAGS:
             allow_missing = True
+        elif tok == "--overwrite":
+            overwrite = True
         elif tok == "--device":
             device = next(rest, None)
         elif tok.startswith("--device="):
@@ -56,6 +65,8 @@ def run_train_mil(args) -> int:
         raise ConfigError(
             f"give the experiment as exp=<name>; known: {', '.join(available_experiments('mil'))}"
         )
-    summary = train_mil_experiment(exp, overrides, allow_missing=allow_missing, device=device)
+    summary = train_mil_experiment(
+        exp, overrides, allow_missing=allow_missing, device=device, overwrite=overwrite
+    )
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0

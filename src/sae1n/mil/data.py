@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from sae1n.datasets.splits import read_split  # noqa: F401  (re-exported)
-from sae1n.errors import ConfigError, InputFileError
+from sae1n.errors import InputFileError
 from sae1n.io import feature_paths, read_bag
 
 log = logging.getLogger(__name__)
@@ -100,53 +100,18 @@ def _to_class(raw, mapping: dict, n_classes: int, path: Path, sid: str, col: str
 
 
 def select_sae_units(
-    summary_csv: str | os.PathLike, num_units: int, metric: str | None = "p_value"
+    summary_csv: str | os.PathLike,
+    num_units: int,
+    metric: str | None = "p_value",
+    compat: str = "default",
 ) -> np.ndarray:
-    """The ``num_units`` top-ranked SAE neurons of a neuron-ranking CSV.
+    """The ``num_units`` top-ranked SAE neurons of a neuron-ranking CSV, read by
+    the one ranking reader (:func:`sae1n.neurons.ranking.select_units`): stable
+    re-sort by ``metric`` by default, the paper's unstable one with
+    ``compat="paper"``."""
+    from sae1n.neurons.ranking import select_units
 
-    The CSV (from ``sae1n analyze-sae``) is already ranked (p ascending, then
-    t descending), so ties keep the file order. ``metric`` re-sorts stably:
-    p/q values ascending, anything else (t statistic, AUROC) descending;
-    ``None`` or ``rank`` keeps the file order.
-    """
-    path = Path(summary_csv)
-    if not path.is_file():
-        raise InputFileError(
-            path,
-            "neuron ranking not found",
-            "run `sae1n analyze-sae` first, or set features.use_sae_selected_units=false",
-        )
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise InputFileError(
-            path, f"cannot be read as CSV ({exc})", "re-run `sae1n analyze-sae`"
-        ) from exc
-    if "unit_id" not in df.columns:
-        raise InputFileError(
-            path,
-            f"has no 'unit_id' column (columns: {', '.join(df.columns)})",
-            "use the sae_analysis_t_test.csv written by `sae1n analyze-sae`",
-        )
-    if metric not in (None, "", "rank"):
-        if metric not in df.columns:
-            raise ConfigError(
-                f"features.sae_unit_selection_metric={metric!r} is not a column of {path} (columns: {', '.join(df.columns)})"
-            )
-        ascending = metric.startswith(("p_", "q_")) or metric in (
-            "p_value",
-            "q_value",
-            "pvalue",
-            "qvalue",
-            "fdr",
-        )
-        df = df.sort_values(metric, ascending=ascending, kind="mergesort", na_position="last")
-    if int(num_units) < 1:
-        raise ConfigError(f"features.num_top_sae_units must be >= 1 (got {num_units})")
-    units = df["unit_id"].head(int(num_units)).to_numpy()
-    if len(units) == 0 or not np.all(np.isfinite(units.astype(float))):
-        raise InputFileError(path, "has no usable unit ids", "re-run `sae1n analyze-sae`")
-    return units.astype(np.int64)
+    return select_units(summary_csv, num_units, metric, compat=compat)
 
 
 # ----------------------------------------------------------------------------- bags

@@ -214,7 +214,10 @@ class CLAM_MB(CLAM):
 class TransMIL(MILModel):
     """TransMIL (Shao et al. 2021): class token, two Nystrom attention layers
     with a PPEG position encoder in between. Scores are the class token's
-    attention over the patches in the last layer."""
+    attention over the patches in the last layer. The attention arithmetic is
+    the paper's (front padding, landmark means); ``exact_attention=True``
+    uses exact attention up to ``num_landmarks`` tokens and unpadded segment
+    means above."""
 
     score_kind = "cls_attention"
 
@@ -228,13 +231,14 @@ class TransMIL(MILModel):
         heads=8,
         num_landmarks=None,
         attn_dropout=0.1,
+        exact_attention=False,
     ):
         super().__init__(in_dim, n_classes)
         self.fc = patch_mlp(in_dim, hidden_dim, act, drop_out)
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden_dim) * 1e-6)
-        self.layer1 = TransLayer(hidden_dim, heads, num_landmarks, attn_dropout)
+        self.layer1 = TransLayer(hidden_dim, heads, num_landmarks, attn_dropout, exact_attention)
         self.ppeg = PPEG(hidden_dim)
-        self.layer2 = TransLayer(hidden_dim, heads, num_landmarks, attn_dropout)
+        self.layer2 = TransLayer(hidden_dim, heads, num_landmarks, attn_dropout, exact_attention)
         self.norm = nn.LayerNorm(hidden_dim)
         self.classifier = nn.Linear(hidden_dim, n_classes)
         for m in self.modules():
@@ -345,6 +349,24 @@ def build_model(model_cfg: Mapping, n_classes: int, in_dim: int | None = None) -
     accepted = _init_params(cls) - _NOT_MODEL_ARGS
     kwargs = {k: v for k, v in cfg.items() if k in accepted and v is not None}
     return cls(in_dim, int(n_classes), **kwargs)
+
+
+_COMMON_MODEL_KEYS = {"type", "in_dim", "drop_out", "act"}
+
+
+def check_model_keys(model_cfg: Mapping) -> None:
+    """Raise :class:`ConfigError` naming any ``model.*`` key that no MIL model
+    accepts (a typo such as ``+model.hiden_dim=32`` would otherwise be dropped
+    silently). Keys of another model type are allowed (and ignored)."""
+    known = set(_COMMON_MODEL_KEYS)
+    for klass in MODEL_TYPES.values():
+        known |= _init_params(klass)
+    unknown = sorted(str(k) for k in model_cfg if k not in known)
+    if unknown:
+        raise ConfigError(
+            f"unknown model key(s) {', '.join('model.' + k for k in unknown)} "
+            f"(model.type={model_cfg.get('type')}); known keys: {', '.join(sorted(known))}"
+        )
 
 
 def _init_params(cls) -> set[str]:

@@ -83,12 +83,60 @@ def segment_means(t: torch.Tensor, m: int) -> torch.Tensor:
     return ((csum.index_select(-2, idx_hi) - csum.index_select(-2, idx_lo)) / counts).to(t.dtype)
 
 
+def paper_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+    """The Nystromformer pseudo-inverse as the paper's TransMIL computes it
+    (initial scale from the maxima over the whole tensor, all heads)."""
+    abs_x = torch.abs(x)
+    z = x.transpose(-1, -2) / (torch.max(abs_x.sum(dim=-1)) * torch.max(abs_x.sum(dim=-2)))
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)[None]
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - (xz @ (15 * eye - (xz @ (7 * eye - xz)))))
+    return z
+
+
+def nystrom_paper(attn: nn.Module, x: torch.Tensor, first_row: bool = False):
+    """Nystrom attention exactly as the paper's TransMIL (the ``nystrom_attention``
+    package): the sequence is zero-padded *at the front* to a multiple of
+    ``num_landmarks``, landmarks are means of ``ceil(n / num_landmarks)``
+    consecutive tokens, ``(attn1 @ pinv(attn2)) @ (attn3 @ v)`` plus the
+    residual conv of v, the last n tokens kept. ``attn`` holds ``to_qkv``,
+    ``to_out``, ``res_conv``, ``heads``, ``num_landmarks``, ``pinv_iterations``,
+    ``scale``. With ``first_row`` also the head-averaged attention of the first
+    real token over the n tokens, (b, n)."""
+    b, n, _ = x.shape
+    h, m = attn.heads, attn.num_landmarks
+    pad = (m - n % m) % m
+    if pad:
+        x = F.pad(x, (0, 0, pad, 0), value=0)
+    q, k, v = attn.to_qkv(x).chunk(3, dim=-1)
+    q, k, v = (t.reshape(b, t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
+    q = q * attn.scale
+    group = math.ceil(n / m)
+    q_l = q.reshape(b, h, -1, group, q.shape[-1]).sum(dim=-2) / group
+    k_l = k.reshape(b, h, -1, group, k.shape[-1]).sum(dim=-2) / group
+    attn1 = torch.einsum("...id,...jd->...ij", q, k_l).softmax(dim=-1)
+    attn2 = torch.einsum("...id,...jd->...ij", q_l, k_l).softmax(dim=-1)
+    attn3 = torch.einsum("...id,...jd->...ij", q_l, k).softmax(dim=-1)
+    attn2_inv = paper_pinv(attn2, attn.pinv_iterations)
+    out = (attn1 @ attn2_inv) @ (attn3 @ v)
+    out = out + attn.res_conv(v)
+    out = out.transpose(1, 2).reshape(b, -1, h * out.shape[-1])
+    out = attn.to_out(out)[:, -n:]
+    if not first_row:
+        return out
+    row = ((attn1[:, :, pad : pad + 1] @ attn2_inv) @ attn3)[:, :, 0, -n:].mean(1)
+    return out, row
+
+
 class NystromAttention(nn.Module):
     """Multi-head self-attention approximated with ``num_landmarks`` landmarks
     (Xiong et al. 2021) plus a depth-wise convolution residual on the values.
 
-    Sequences no longer than ``num_landmarks`` use exact softmax attention.
-    Landmarks are means of near-equal segments, so no padding is needed.
+    By default the arithmetic is the paper's (:func:`nystrom_paper`: front
+    zero-padding and landmark means, whatever the length). ``exact=True``:
+    sequences no longer than ``num_landmarks`` use exact softmax attention and
+    longer ones landmarks from near-equal segments without padding.
     """
 
     def __init__(
@@ -100,8 +148,10 @@ class NystromAttention(nn.Module):
         pinv_iterations: int = 6,
         residual_conv_kernel: int = 33,
         dropout: float = 0.1,
+        exact: bool = False,
     ):
         super().__init__()
+        self.exact = bool(exact)
         dim_head = dim_head or dim // heads
         inner = heads * dim_head
         self.heads, self.num_landmarks, self.pinv_iterations = heads, num_landmarks, pinv_iterations
@@ -116,6 +166,9 @@ class NystromAttention(nn.Module):
     def forward(self, x: torch.Tensor, return_first_row: bool = False):
         """(b, n, dim) -> (b, n, dim); with ``return_first_row`` also the
         head-averaged attention of token 0 over all tokens, (b, n)."""
+        if not self.exact:
+            with torch.autocast(device_type=x.device.type, enabled=False):  # the pinv needs float32
+                return nystrom_paper(self, x.float(), first_row=return_first_row)
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
@@ -148,7 +201,12 @@ class TransLayer(nn.Module):
     """Pre-norm residual Nystrom self-attention layer of TransMIL."""
 
     def __init__(
-        self, dim: int = 512, heads: int = 8, num_landmarks: int | None = None, dropout: float = 0.1
+        self,
+        dim: int = 512,
+        heads: int = 8,
+        num_landmarks: int | None = None,
+        dropout: float = 0.1,
+        exact_attention: bool = False,
     ):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
@@ -158,6 +216,7 @@ class TransLayer(nn.Module):
             dim_head=dim // heads,
             num_landmarks=num_landmarks or dim // 2,
             dropout=dropout,
+            exact=exact_attention,
         )
 
     def forward(self, x: torch.Tensor, return_first_row: bool = False):

@@ -13,7 +13,18 @@ the best weights, evaluate validation and test slides, and write under
     fold_<k>/metrics.json                  fold metrics (written last: marks the fold done)
     summary.csv, summary.json              folds + mean/std rows, as the paper
 
-A re-run skips folds whose ``metrics.json`` matches the current settings.
+Provenance: ``metrics.json``, the predictions and ``summary.csv`` carry a
+``.provenance.json`` sidecar, each patch-score file an h5 attribute (settings,
+split / dataset / ranking CSVs and the feature files' identities). A re-run
+skips folds whose record matches; a fold made with other settings or inputs
+stops the run before anything is written (``StaleOutputError``) unless
+``overwrite`` (``--overwrite``).
+
+``compat=paper`` trains as the paper's code does: its models
+(:mod:`sae1n.mil.paper_models`, init included), each split in metadata-CSV
+order, the epoch order from the global torch RNG as its DataLoader /
+RandomSampler draw it, no mixed precision, sequential float sums of the
+losses, and the summary CSV in its format (index column, mean / std rows).
 """
 
 from __future__ import annotations
@@ -36,6 +47,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text
+from sae1n.io.provenance import (
+    Provenance,
+    StaleOutputError,
+    input_identity,
+    read_provenance,
+    write_h5_provenance,
+    write_sidecar,
+)
 from sae1n.mil.data import (
     BagSource,
     available_memory_bytes,
@@ -45,12 +64,21 @@ from sae1n.mil.data import (
     select_sae_units,
 )
 from sae1n.mil.metrics import slide_metrics
-from sae1n.mil.models import MILModel, build_model, canonical_model_type, save_mil_checkpoint
+from sae1n.mil.models import (
+    MILModel,
+    build_model,
+    canonical_model_type,
+    check_model_keys,
+    save_mil_checkpoint,
+)
 from sae1n.utils import progress, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["folds", "test_auc", "val_auc", "test_acc", "val_acc"]
+COMPAT = ("default", "paper")
+MIL_KIND = "mil-fold"
+MIL_SCHEMA = 1
 _PRELOAD_FRACTION = 0.5  # preload when the bags need at most this share of free memory
 
 
@@ -60,23 +88,37 @@ def train_mil_experiment(
     *,
     allow_missing: bool = False,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Load the ``exp`` MIL config (with ``key=value`` overrides) and train it."""
     from sae1n.configs import load_experiment
 
     return train_mil(
-        load_experiment("mil", exp, overrides), allow_missing=allow_missing, device=device
+        load_experiment("mil", exp, overrides),
+        allow_missing=allow_missing,
+        device=device,
+        overwrite=overwrite,
     )
 
 
-def train_mil(cfg, *, allow_missing: bool | None = None, device: str | None = None) -> pd.DataFrame:
+def train_mil(
+    cfg,
+    *,
+    allow_missing: bool | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
     """Train and evaluate every configured fold; return the summary table
-    (one row per fold, then ``mean`` and ``std`` rows)."""
+    (one row per fold, then ``mean`` and ``std`` rows).
+
+    Folds whose outputs were made with other settings or inputs raise
+    :class:`StaleOutputError` (before anything is written) unless ``overwrite``."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     run = _Run(cfg, allow_missing, device)
+    plans = run.plan(overwrite)
     rows = []
     for fold in run.folds:
-        rows.append(run.fold(fold))
+        rows.append(run.fold(fold, *plans[fold]))
     return run.write_summary(rows)
 
 
@@ -108,13 +150,19 @@ class _Run:
         if self.n_classes < 2:
             raise ConfigError(f"n_classes must be >= 2 (got {self.n_classes})")
         self.seed = int(_get(cfg, "seed", 42))
+        self.compat = str(_get(cfg, "compat", "default"))
+        if self.compat not in COMPAT:
+            raise ConfigError(f"compat must be one of {', '.join(COMPAT)}, got {self.compat!r}")
+        self.paper = self.compat == "paper"
         self.allow_missing = (
             _flag(_get(cfg, "allow_missing", False))
             if allow_missing is None
             else bool(allow_missing)
         )
         self.device = resolve_device(device or _get(cfg, "device", "auto"))
-        self.amp = self.device.startswith("cuda") and _flag(_get(cfg, "amp", True))
+        self.amp = (
+            self.device.startswith("cuda") and _flag(_get(cfg, "amp", True)) and not self.paper
+        )
         self.results_dir = (
             Path(str(_get(cfg, "results_dir_base", "output")))
             / str(_get(cfg, "experiment_code", "mil"))
@@ -122,6 +170,14 @@ class _Run:
         )
         self.model_cfg = OmegaConf.to_container(cfg.model, resolve=True) if "model" in cfg else {}
         self.model_cfg["type"] = canonical_model_type(self.model_cfg.get("type", "att_mil"))
+        check_model_keys(self.model_cfg)
+        if self.paper:
+            from sae1n.mil.paper_models import PAPER_MODEL_TYPES
+
+            if self.model_cfg["type"] not in PAPER_MODEL_TYPES:
+                raise ConfigError(
+                    f"compat=paper supports model.type {', '.join(PAPER_MODEL_TYPES)}, got {self.model_cfg['type']}"
+                )
         self.max_epochs = int(_get(cfg, "max_epochs", 200))
         self.early_stopping = _flag(_get(cfg, "early_stopping", True))
         self.patience, self.stop_epoch = (
@@ -138,11 +194,14 @@ class _Run:
             else None,
         )
         self.units = None
+        self.ranking_csv = None
         if _flag(_get(cfg, "features.use_sae_selected_units", False)):
+            self.ranking_csv = Path(_required(cfg, "features.sae_unit_summary_path"))
             self.units = select_sae_units(
-                _required(cfg, "features.sae_unit_summary_path"),
+                self.ranking_csv,
                 int(_get(cfg, "features.num_top_sae_units", 1)),
                 _get(cfg, "features.sae_unit_selection_metric", "p_value"),
+                compat=self.compat,
             )
             log.info(
                 "using %d selected SAE unit(s): %s",
@@ -175,6 +234,9 @@ class _Run:
         self.split_dir = Path(_required(cfg, "split_dir"))
         self._warned: set[tuple[str, str]] = set()
         self._preload_noted = False
+        self._prov: Provenance | None = None
+        self.val_trace: list[dict] = []  # paper mode: every evaluation forward
+        self.train_trace: list[dict] = []  # paper mode: every training forward
 
     def _fold_range(self) -> list[int]:
         k = int(_get(self.cfg, "k", 1))
@@ -201,6 +263,8 @@ class _Run:
                 else:
                     keep.append(sid)
             sets[key] = keep
+        if self.paper:  # the paper's splits follow the metadata CSV's row order
+            sets = {key: [s for s in self.labels if s in set(ids)] for key, ids in sets.items()}
         for problem, ids, where in (
             ("not in the dataset CSV", unknown, Path(_required(self.cfg, "dataset.csv_path"))),
             ("without a feature file", missing, self.feature_dir),
@@ -219,6 +283,13 @@ class _Run:
         if not sets["train"]:
             raise InputFileError(
                 split_csv, "has no usable training slides", "check the split and the feature folder"
+            )
+        classes = sorted({self.labels[s] for s in sets["train"]})
+        if len(classes) < 2:
+            raise InputFileError(
+                split_csv,
+                f"the training slides of fold {fold} all have class {classes[0]}: a classifier cannot be trained",
+                "re-create the splits (sae1n create-splits stratifies by label) or check the dataset CSV labels",
             )
         return sets
 
@@ -264,27 +335,79 @@ class _Run:
 
     # ------------------------------------------------------------------ one fold
 
-    def fold(self, fold: int) -> dict:
-        sets = self._fold_sets(fold)
+    def plan(self, overwrite: bool) -> dict[int, tuple[dict, Provenance, bool]]:
+        """Per fold: (sets, provenance, current?). Raises :class:`StaleOutputError`
+        for folds made otherwise (unless ``overwrite``), before any training."""
+        plans, stale = {}, {}
+        for fold in self.folds:
+            sets = self._fold_sets(fold)
+            if self.in_dim is None:
+                self.in_dim = self._infer_dim(sets["train"])
+                self.source.expected_dim = self.in_dim
+            prov = self._provenance(fold, sets)
+            metrics = self.results_dir / f"fold_{fold}" / "metrics.json"
+            current = False
+            if metrics.is_file():
+                recorded = read_provenance(metrics)
+                if prov.matches(recorded) and (metrics.parent / "checkpoint_best.safetensors").is_file():
+                    current = True
+                elif not overwrite:
+                    stale[metrics] = prov.differences(recorded)
+            plans[fold] = (sets, prov, current)
+        if stale:
+            raise StaleOutputError(
+                stale,
+                "Fix: pass --overwrite to retrain these folds, or set another exp_name / results_dir_base.",
+            )
+        return plans
+
+    def _provenance(self, fold: int, sets: Mapping[str, list[str]]) -> Provenance:
+        ids = sorted({s for v in sets.values() for s in v})
+        inputs = {
+            "split": self.split_dir / f"splits_{fold}.csv",
+            "dataset_csv": Path(_required(self.cfg, "dataset.csv_path")),
+            "features": {s: input_identity(self.source.paths[s], hash_limit=0) for s in ids},
+        }
+        if self.ranking_csv is not None:
+            inputs["ranking"] = self.ranking_csv
+        return Provenance.make(
+            MIL_KIND,
+            MIL_SCHEMA,
+            settings={"fingerprint": self._fingerprint(fold, sets), "compat": self.compat},
+            inputs=inputs,
+        )
+
+    def fold(self, fold: int, sets=None, prov: Provenance | None = None, current: bool = False) -> dict:
+        if sets is None:
+            sets = self._fold_sets(fold)
         fold_dir = self.results_dir / f"fold_{fold}"
         if self.in_dim is None:
             self.in_dim = self._infer_dim(sets["train"])
             self.source.expected_dim = self.in_dim
+        prov = prov or self._provenance(fold, sets)
         fingerprint = self._fingerprint(fold, sets)
         done = _read_json(fold_dir / "metrics.json")
-        if (
-            done
-            and done.get("fingerprint") == fingerprint
-            and (fold_dir / "checkpoint_best.safetensors").is_file()
-        ):
+        if current and done:
             log.info("fold %d already trained (%s); skipping", fold, fold_dir / "metrics.json")
             return done["row"]
         self._maybe_preload(sets)
         seed_everything(self.seed)
         if self.device.startswith("cuda"):
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        model = build_model(self.model_cfg, self.n_classes, self.in_dim).to(self.device)
-        history, state = self._fit(model, fold, sets)
+        if self.paper:
+            from sae1n.mil.paper_models import build_paper_model
+
+            model = build_paper_model(
+                self.model_cfg["type"],
+                self.in_dim,
+                self.n_classes,
+                dropout=self.model_cfg.get("drop_out", 0.25),
+                act=str(self.model_cfg.get("act", "relu")),
+            ).to(self.device)
+            history, state = self._fit_paper(model, fold, sets)
+        else:
+            model = build_model(self.model_cfg, self.n_classes, self.in_dim).to(self.device)
+            history, state = self._fit(model, fold, sets)
         model.load_state_dict(state)
         info = {
             "model": {**self.model_cfg, "in_dim": self.in_dim},
@@ -294,9 +417,11 @@ class _Run:
             "exp": self.exp,
             "selected_units": None if self.units is None else self.units.tolist(),
             "feature_dir": str(self.feature_dir),
+            "compat": self.compat,
         }
         save_mil_checkpoint(fold_dir / "checkpoint_best.safetensors", state, info)
         atomic_write_csv(fold_dir / "log.csv", pd.DataFrame(history))
+        self._prov = prov
         row = {"folds": fold}
         for key in ("val", "test"):
             preds, _ = self._evaluate(
@@ -308,6 +433,7 @@ class _Run:
                 fold=fold,
             )
             atomic_write_csv(fold_dir / f"predictions_{key}.csv", preds)
+            write_sidecar(fold_dir / f"predictions_{key}.csv", prov)
             probs = preds[[f"prob_{c}" for c in range(self.n_classes)]].to_numpy()
             for name, value in slide_metrics(
                 preds["label"].to_numpy(), probs, self.n_classes
@@ -317,10 +443,16 @@ class _Run:
             fold_dir / "splits.csv",
             pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in sets.items()}),
         )
+        if self.paper:  # the paper's save_splits layout
+            atomic_write_csv(
+                self.results_dir / f"splits_{fold}.csv",
+                pd.DataFrame({k: pd.Series(sets[k], dtype=object) for k in ("train", "val", "test")}),
+            )
         atomic_write_json(
             fold_dir / "metrics.json",
             _jsonable({"fingerprint": fingerprint, "row": row, "epochs_trained": len(history)}),
         )
+        write_sidecar(fold_dir / "metrics.json", prov)
         log.info(
             "fold %d: test AUC %.4f, val AUC %.4f, test acc %.4f (%d epochs)",
             fold,
@@ -429,6 +561,73 @@ class _Run:
             best_state = copy.deepcopy(model.state_dict())
         return history, best_state
 
+    def _fit_paper(
+        self, model: MILModel, fold: int, sets: Mapping[str, list[str]]
+    ) -> tuple[list[dict], dict]:
+        """The paper's ``train_loop`` / ``validate`` / ``EarlyStopping`` with its RNG use."""
+        opt = self._optimizer(model)
+        train_ids = sets["train"]
+        train_labels = [self.labels[s] for s in train_ids]
+        stopper = _EarlyStopping(self.patience, self.stop_epoch) if self.early_stopping else None
+        best_state, history = None, []
+        for epoch in progress(range(self.max_epochs), desc=f"fold {fold}", total=self.max_epochs, leave=True):
+            model.train()
+            order = self._paper_epoch_order(train_labels)
+            total, errors, seen = 0.0, 0, 0
+            per_class = {c: [0, 0] for c in range(self.n_classes)}
+            for pos, i in enumerate(order):
+                bag = self.source.load(train_ids[i])
+                label = torch.tensor([train_labels[i]], device=self.device)
+                out = model(bag.features.to(self.device))
+                loss = F.cross_entropy(out.logits, label)
+                value = loss.item()
+                total += value
+                pred = int(torch.topk(out.logits, 1, dim=1)[1].item())
+                errors += int(pred != train_labels[i])
+                per_class[train_labels[i]][0] += 1
+                per_class[train_labels[i]][1] += int(pred == train_labels[i])
+                self.train_trace.append({"epoch": epoch, "position": pos, "slide_id": train_ids[i], "loss": value, "logits": out.logits.detach()[0].tolist()})
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                seen += 1
+            record = {"epoch": epoch, "train_loss": total / max(seen, 1), "train_error": errors / max(seen, 1)}
+            for c, (n, ok) in per_class.items():
+                record[f"train_class{c}_acc"] = ok / n if n else float("nan")
+            if sets["val"]:
+                torch.empty((), dtype=torch.int64).random_()  # the val DataLoader iterator's seed
+                preds, val_loss = self._evaluate(model, sets["val"])
+                probs = preds[[f"prob_{c}" for c in range(self.n_classes)]].to_numpy()
+                m = slide_metrics(preds["label"].to_numpy(), probs, self.n_classes)
+                record.update(val_loss=val_loss, val_error=1 - m["acc"], val_auc=m["auc"])
+            saved = False
+            if stopper is not None and sets["val"]:
+                saved = stopper.step(record["val_loss"], epoch)
+                record.update(early_stopping_counter=stopper.counter, val_loss_min_after_epoch=stopper.best, checkpoint_saved=saved)
+                if saved:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history.append(record)
+            if stopper is not None and stopper.stop:
+                log.info("fold %d: early stopping at epoch %d", fold, epoch)
+                break
+        if best_state is None:
+            best_state = copy.deepcopy(model.state_dict())
+        return history, best_state
+
+    def _paper_epoch_order(self, labels: list[int]) -> list[int]:
+        """The indices a fresh DataLoader iterator over the paper's sampler yields:
+        one int64 for the iterator's base seed, then the sampler's draws."""
+        torch.empty((), dtype=torch.int64).random_()
+        n = len(labels)
+        if _flag(_get(self.cfg, "weighted_sample", False)):
+            counts = {c: labels.count(c) for c in set(labels)}
+            weights = torch.tensor([n / counts[y] for y in labels], dtype=torch.double)
+            return torch.multinomial(weights, n, True).tolist()
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+        return torch.randperm(n, generator=gen).tolist()
+
     def _epoch_order(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if not _flag(_get(self.cfg, "weighted_sample", False)):
             return torch.randperm(len(labels), generator=gen)
@@ -478,12 +677,19 @@ class _Run:
                     **{f"prob_{c}": float(p) for c, p in enumerate(probs)},
                 }
             )
+            if self.paper:
+                self.val_trace.append({"slide_id": sid, "label": label, "loss": losses[-1], "logits": logits[0].tolist()})
             if scores_dir is not None and out.scores is not None:
                 self._write_scores(scores_dir / f"{sid}.h5", bag, out, model, fold)
         columns = ["slide_id", "label", "pred", *[f"prob_{c}" for c in range(self.n_classes)]]
-        return pd.DataFrame(rows, columns=columns), (
-            float(np.mean(losses)) if losses else float("nan")
-        )
+        if not losses:
+            return pd.DataFrame(rows, columns=columns), float("nan")
+        if self.paper:  # the paper's running float sum, then the division
+            total = 0.0
+            for v in losses:
+                total += v
+            return pd.DataFrame(rows, columns=columns), total / len(losses)
+        return pd.DataFrame(rows, columns=columns), float(np.mean(losses))
 
     def _write_scores(self, path: Path, bag, out, model: MILModel, fold) -> None:
         if bag.coords is None:
@@ -498,6 +704,8 @@ class _Run:
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("coords", data=np.asarray(bag.coords, dtype=np.int64))
             f.create_dataset("scores", data=scores.astype(np.float32))
+            if getattr(self, "_prov", None) is not None:
+                write_h5_provenance(f, self._prov)
             f.attrs.update(
                 {
                     "model_type": self.model_cfg["type"],
@@ -509,6 +717,16 @@ class _Run:
             )
 
     # ------------------------------------------------------------------ bookkeeping
+
+    def _write_paper_summary(self, rows: list[dict]) -> pd.DataFrame:
+        return _write_paper_summary_impl(self, rows)
+
+    def _summary_provenance(self) -> Provenance:
+        folds = {}
+        for fold in self.folds:
+            rec = read_provenance(self.results_dir / f"fold_{fold}" / "metrics.json")
+            folds[str(fold)] = rec.fingerprint() if rec is not None else None
+        return Provenance.make("mil-summary", MIL_SCHEMA, settings={"compat": self.compat}, inputs={"folds": folds})
 
     def _fingerprint(self, fold: int, sets: Mapping[str, list[str]]) -> str:
         keys = [
@@ -542,6 +760,8 @@ class _Run:
         ]
 
     def write_summary(self, rows: list[dict]) -> pd.DataFrame:
+        if self.paper:
+            return self._write_paper_summary(rows)
         df = pd.DataFrame(rows)
         extra = [
             f"{split}_{m}"
@@ -561,6 +781,7 @@ class _Run:
         )
         self.results_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_csv(self.results_dir / "summary.csv", final)
+        write_sidecar(self.results_dir / "summary.csv", self._summary_provenance())
         k = int(_get(self.cfg, "k", len(self.folds)))
         if len(self.folds) != k:  # the paper's name for a subset of folds
             atomic_write_csv(
@@ -581,6 +802,19 @@ class _Run:
         atomic_write_json(self.results_dir / "summary.json", _jsonable(summary))
         atomic_write_text(self.results_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
         return final
+
+
+def _paper_summary_frame(rows: list[dict]) -> pd.DataFrame:
+    """The paper's summary table: one row per fold (test/val AUC, acc = 1 - error),
+    then ``mean`` and ``std`` rows concatenated with their own index (0, 1)."""
+    df = pd.DataFrame({c: [r.get(c) for r in rows] for c in SUMMARY_COLUMNS})
+    stats = df.drop(columns="folds").astype(float)
+    extra = pd.DataFrame([{"folds": "mean", **stats.mean()}, {"folds": "std", **stats.std()}])
+    return pd.concat([df, extra])
+
+
+def _summary_name(folds: list[int], k: int) -> str:
+    return "summary.csv" if len(folds) == k else f"summary_partial_{folds[0]}_{folds[-1] + 1}.csv"
 
 
 class _EarlyStopping:
@@ -604,6 +838,16 @@ class _EarlyStopping:
         if self.counter >= self.patience and epoch > self.stop_epoch:
             self.stop = True
         return False
+
+
+def _write_paper_summary_impl(run: _Run, rows: list[dict]) -> pd.DataFrame:
+    final = _paper_summary_frame(rows)
+    run.results_dir.mkdir(parents=True, exist_ok=True)
+    name = _summary_name(run.folds, int(_get(run.cfg, "k", len(run.folds))))
+    atomic_write_csv(run.results_dir / name, final, index=True)
+    write_sidecar(run.results_dir / name, run._summary_provenance())
+    atomic_write_text(run.results_dir / "config.yaml", OmegaConf.to_yaml(run.cfg))
+    return final
 
 
 def _read_json(path: Path):

@@ -80,6 +80,14 @@ def configure_analyze_sae(p: argparse.ArgumentParser) -> None:
     )
     option(p, "--grade_column", default="isup_grade", help="numeric grade column for --multiclass")
     option(p, "--label_column", default="label", help="tumour/normal label column")
+    option(
+        p,
+        "--compat",
+        default="default",
+        choices=["default", "paper"],
+        help="paper: the paper's float32 t-test, sort and tie-break (5-column CSV)",
+    )
+    option(p, "--overwrite", action="store_true", help="recompute a ranking made with other settings or inputs")
     _pooling_options(p)
 
 
@@ -101,14 +109,13 @@ def run_analyze_sae(args) -> int:
         grade_column=args.grade_column,
         file_type=args.file_type,
         allow_missing=args.allow_missing,
+        compat=args.compat,
+        overwrite=args.overwrite,
     )
     stat = "spearman_rho" if args.multiclass else "t_statistic"
     print(f"ranked {len(df)} neurons ({args.pooling} pooling); top 5:")
-    print(
-        df[["rank", "unit_id", stat, "p_value", "q_value", "slide_auroc", "direction"]]
-        .head(5)
-        .to_string(index=False)
-    )
+    cols = ["rank", "unit_id", stat, "p_value", "q_value", "slide_auroc", "direction"]
+    print(df[[c for c in cols if c in df.columns]].head(5).to_string(index=False))
     print(f"wrote {ranking_csv_path(args.output_dir, args.exp_id, args.multiclass)}")
     return 0
 

@@ -59,39 +59,56 @@ TextEncoder = Callable[[list[str]], np.ndarray]
 
 
 def decoder_directions(source, *, key: str | None = None) -> np.ndarray:
-    """The (dict, act_size) decoder matrix from an array/tensor or a
-    ``.safetensors`` checkpoint (keys ``W_dec``, ``decoder.weight`` (transposed), ...)."""
+    """The (dict, act_size) decoder matrix from an array/tensor, an SAE
+    experiment folder or checkpoint (sae1n ``.safetensors`` or the paper's
+    ``sae_best.pt``, read by the one SAE loader,
+    :func:`sae1n.sae.checkpoints.load_sae`), or a foreign ``.safetensors`` holding
+    a decoder under ``W_dec`` / ``decoder.weight`` (transposed) / ..."""
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        if not path.is_file():
+        if not path.exists():
             raise InputFileError(
                 path,
                 "SAE checkpoint not found",
-                "pass checkpoints/sae_best.safetensors of the experiment",
+                "pass the experiment folder or checkpoints/sae_best.safetensors (or the paper's sae_best.pt)",
             )
-        from safetensors.numpy import load_file
+        from sae1n.sae.checkpoints import find_checkpoint, load_sae
 
-        try:
-            tensors = load_file(str(path))
-        except Exception as exc:
-            raise InputFileError(
-                path, f"cannot be read as safetensors ({exc})", "re-save the SAE checkpoint"
-            ) from exc
-        keys = [key] if key else ["W_dec", "w_dec", "decoder.weight", "dec.weight", "W_d"]
-        for k in keys:
-            if k in tensors:
-                mat = np.asarray(tensors[k], dtype=np.float64)
-                return mat.T if k.endswith(".weight") else mat  # nn.Linear stores (out, in)
-        raise InputFileError(
-            path,
-            f"has no decoder weights (keys: {sorted(tensors)})",
-            "pass key= naming the decoder matrix",
-        )
+        path = find_checkpoint(path)
+        if key is None:
+            try:
+                return load_sae(path).W_dec.detach().cpu().numpy().astype(np.float64)
+            except InputFileError as exc:
+                # a safetensors file without an SAE config: read its tensors by name below
+                if path.suffix != ".safetensors" or "no SAE config" not in str(exc):
+                    raise
+        return _decoder_from_tensors(path, key)
     mat = source.detach().cpu().numpy() if hasattr(source, "detach") else np.asarray(source)
     mat = np.asarray(mat, dtype=np.float64)
     if mat.ndim != 2:
         raise ConfigError(f"decoder weights must be 2-D (dict, act_size), got shape {mat.shape}")
     return mat
+
+
+def _decoder_from_tensors(path: Path, key: str | None) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise InputFileError(
+            path, f"cannot be read as safetensors ({exc})", "re-save the SAE checkpoint"
+        ) from exc
+    keys = [key] if key else ["W_dec", "w_dec", "decoder.weight", "dec.weight", "W_d"]
+    for k in keys:
+        if k in tensors:
+            mat = np.asarray(tensors[k], dtype=np.float64)
+            return mat.T if k.endswith(".weight") else mat  # nn.Linear stores (out, in)
+    raise InputFileError(
+        path,
+        f"has no decoder weights (keys: {sorted(tensors)})",
+        "pass key= naming the decoder matrix",
+    )
 
 
 def embed_prompts(
@@ -195,11 +212,11 @@ def name_experiment(
     top_k: int = 3,
     **kw,
 ) -> Path:
-    """Name every neuron of an SAE experiment (decoder from
-    ``checkpoints/sae_best.safetensors`` unless ``checkpoint``) and write
+    """Name every neuron of an SAE experiment (decoder of its best checkpoint,
+    sae1n's or the paper's ``sae_best.pt``, unless ``checkpoint``) and write
     ``analysis/neuron_names.csv``; returns its path."""
     exp = Path(exp_dir)
-    ckpt = Path(checkpoint) if checkpoint else exp / "checkpoints" / "sae_best.safetensors"
+    ckpt = Path(checkpoint) if checkpoint else exp
     names = name_neurons(ckpt, encode_text, prompts, top_k=top_k, **kw)
     return write_neuron_names(names, exp)
 

@@ -67,6 +67,14 @@ def configure_save_sae_features(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the dense h5_files/ and pt_files/ (paper layout)",
     )
+    option(
+        p,
+        "--compat",
+        default="default",
+        choices=["default", "paper"],
+        help="paper: encode exactly as the paper's save_sae_features.py (every .h5, eval threshold)",
+    )
+    option(p, "--overwrite", action="store_true", help="re-encode outputs made with other settings or another checkpoint")
 
 
 def run_save_sae_features(args) -> int:
@@ -83,6 +91,8 @@ def run_save_sae_features(args) -> int:
         device=args.device,
         checkpoint=args.checkpoint,
         out_dir=args.out_dir,
+        compat=args.compat,
+        overwrite=args.overwrite,
     )
     if not env_info().is_main:  # under torchrun: one summary (of every rank), from rank 0
         return 0

@@ -459,6 +459,18 @@ def train_sae(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None]] = (
     trains on its share of each global batch and the result equals a
     one-process run (see :mod:`sae1n.distributed.sae`); rank 0 writes the outputs.
     """
+    if str(cfg.get("compat", "default")) == "paper":
+        from sae1n.sae.paper_exact import train_sae_paper
+
+        return train_sae_paper(cfg, callbacks=callbacks)
+    if OmegaConf.select(cfg, "checkpoint.paper_pt", default=False):
+        from sae1n.sae.paper_exact import export_paper_checkpoints
+
+        plain = cfg.copy()
+        plain.checkpoint.paper_pt = False
+        out = train_sae(plain, callbacks=callbacks)
+        export_paper_checkpoints(out)
+        return out
     if str(cfg.sae.get("dtype", "float32")) != "float32":
         raise ConfigError(f"sae.dtype={cfg.sae.dtype} is not supported; use float32")
     device = resolve_device(cfg.sae.get("device", "auto"))
