@@ -37,9 +37,10 @@ SMALL = {
         "vit": {"depth": 1, "embed_dim": 64, "num_heads": 2},
         "text": {"vocab_size": 40, "hidden_size": 768, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
     },
+    "musk": {"vit": {"depth": 1, "embed_dim": 64, "num_heads": 2}, "vocab_size": 40, "text_positions": 110},
 }
 NEW = list(SMALL)
-TINY_DIM = {"uni2_h": 48, "virchow2": 96, "hoptimus0": 48, "hoptimus1": 48, "h0_mini": 48, "gigapath": 48, "ctranspath": 256, "phikon_v2": 64}
+TINY_DIM = {"uni2_h": 48, "virchow2": 96, "hoptimus0": 48, "hoptimus1": 48, "h0_mini": 48, "gigapath": 48, "ctranspath": 256, "phikon_v2": 64, "musk": 64}
 ENV = {
     "uni2_h": "UNI2_CKPT_PATH",
     "virchow2": "VIRCHOW2_CKPT_PATH",
@@ -52,6 +53,7 @@ ENV = {
     "phikon_v2": "PHIKON_V2_CKPT_PATH",
     "quiltnet_b32": "QUILTNET_CKPT_PATH",
     "keep": "KEEP_CKPT_PATH",
+    "musk": "MUSK_CKPT_PATH",
 }
 #: the user's real Prov-GigaPath weights, read before the fixtures clear the variables
 REAL_GIGAPATH = os.environ.get("GIGAPATH_CKPT_PATH")
@@ -131,7 +133,73 @@ def save_checkpoint(name, model, folder, tiny_cfg):
         _save_torch(model.state_dict(), folder / "pytorch_model.bin")
         (folder / "vocab.txt").write_text("\n".join(KEEP_VOCAB + [f"tok{i}" for i in range(40 - len(KEEP_VOCAB))]) + "\n")
         return folder
+    if name == "musk":
+        _save_safetensors(_musk_layout(model), folder / "model.safetensors")
+        _train_spm(folder / "tokenizer.spm")
+        return folder
     raise AssertionError(name)
+
+
+def _musk_layout(model):
+    """Our two towers -> MUSK's BEiT-3 checkpoint keys (A: image experts, B: text)."""
+    out = {}
+
+    def put(sd, br):
+        for k, v in sd.items():
+            m = re.fullmatch(r"blocks\.(\d+)\.(.+)", k)
+            if m is None:
+                continue
+            i, rest = m.groups()
+            pre = f"beit3.encoder.layers.{i}."
+            if rest.startswith("attn.qkv."):
+                kind = rest.rsplit(".", 1)[1]
+                for part, t in zip("qkv", v.chunk(3, dim=0)):
+                    out[f"{pre}self_attn.{part}_proj.{br}.{kind}"] = t
+                continue
+            for a, b in (
+                ("norm1.", "self_attn_layer_norm.{br}."),
+                ("norm2.", "final_layer_norm.{br}."),
+                ("attn.norm.", "self_attn.inner_attn_ln.{br}."),
+                ("attn.proj.", "self_attn.out_proj.{br}."),
+                ("mlp.norm.", "ffn.{br}.ffn_layernorm."),
+                ("mlp.", "ffn.{br}."),
+            ):
+                if rest.startswith(a):
+                    out[pre + b.format(br=br) + rest[len(a):]] = v
+                    break
+            else:
+                raise AssertionError(k)
+
+    vis = model.vision.state_dict()
+    put(vis, "A")
+    put({f"blocks.{k}": v for k, v in model.text_blocks.state_dict().items()}, "B")
+    out["beit3.vision_embed.cls_token"] = vis["cls_token"]
+    out["beit3.vision_embed.mask_token"] = torch.zeros_like(vis["cls_token"])
+    out["beit3.vision_embed.proj.weight"] = vis["patch_embed.proj.weight"]
+    out["beit3.vision_embed.proj.bias"] = vis["patch_embed.proj.bias"]
+    pe = vis["pos_embed"][0]
+    out["beit3.encoder.embed_positions.A.weight"] = torch.cat([torch.zeros(2, pe.shape[1]), pe])
+    out["beit3.encoder.embed_positions.B.weight"] = model.text_pos.weight
+    for br, sd in (("A", {k[5:]: v for k, v in vis.items() if k.startswith("norm.")}), ("B", model.text_norm.state_dict())):
+        for k, v in sd.items():
+            out[f"beit3.encoder.layer_norm.{br}.{k}"] = v
+    out["beit3.text_embed.weight"] = model.text_embed.weight
+    out["vision_head.weight"] = model.vision_head.weight
+    out["language_head.weight"] = model.language_head.weight
+    out["logit_scale"] = model.logit_scale.detach().reshape(())
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+def _train_spm(path):
+    """A tiny sentencepiece model standing in for MUSK's tokenizer.spm."""
+    import io
+
+    import sentencepiece as spm
+
+    text = ["tumor tissue", "normal lymph node", "an h&e image of tumor", "stroma with lymphocytes"] * 20
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buf, vocab_size=30, model_type="unigram", minloglevel=2)
+    path.write_bytes(buf.getvalue())
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -158,6 +226,10 @@ def test_random_checkpoint_loads_through_user_path(name, tmp_path, monkeypatch):
         assert t.shape == (2, enc.dim)
         torch.testing.assert_close(t.norm(dim=1), torch.ones(2))
         assert not torch.allclose(t[0], t[1])  # the text matters
+        if getattr(ref.model, "tokenizer", 1) is None:  # built without a folder: lend it the tokenizer
+            ref.model.tokenizer = enc.model.tokenizer
+        # the text tower's weights were loaded too (for MUSK: the B experts)
+        torch.testing.assert_close(t, ref.encode_text(["tumor tissue", "normal lymph node"]), rtol=0, atol=1e-5)
         joint = enc.to_joint_space(out, normalize=True)
         assert (joint @ t.T).abs().max() <= 1 + 1e-5
 
@@ -195,8 +267,11 @@ def test_full_size_architectures_on_meta_device():
     counts, models = {}, {}
     for name in NEW:
         spec = encoder_spec(name)
+        arch = dict(spec.arch)
+        if "vit" in arch:  # no initialisation work on the meta device
+            arch["vit"] = {**arch["vit"], "weight_init": "skip"}
         with torch.device("meta"):
-            m = spec.resolve_builder()(spec, None, dict(spec.arch))
+            m = spec.resolve_builder()(spec, None, arch)
         s = spec.input_size
         assert m(torch.empty(2, 3, s, s, device="meta")).shape == (2, spec.dim), name
         counts[name] = sum(p.numel() for p in m.parameters()) / 1e6
@@ -226,6 +301,9 @@ def test_full_size_architectures_on_meta_device():
     assert models["phikon_v2"].model.config.patch_size == 16
     sd = models["quiltnet_b32"].clip.state_dict()
     assert sd["visual.conv1.weight"].shape == (768, 3, 32, 32) and sd["text_projection"].shape == (512, 512)
+    sd = models["musk"].state_dict()
+    assert sd["vision.pos_embed"].shape == (1, 577, 1024) and sd["text_embed.weight"].shape == (64010, 1024)
+    assert "vision.blocks.23.attn.norm.weight" in sd and "text_blocks.23.mlp.norm.weight" in sd  # sub-LayerNorms
     sd = models["keep"].state_dict()
     assert sd["visual_head.0.weight"].shape == (768, 1024) and sd["text.pooler.dense.weight"].shape == (768, 768)
 
@@ -244,6 +322,7 @@ def test_full_size_architectures_on_meta_device():
         ("ctranspath", 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
         ("quiltnet_b32", 224, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, "bicubic"),
         ("keep", 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+        ("musk", 384, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
     ],
 )
 def test_preprocessing_of_each_entry(name, size, mean, std, interp):

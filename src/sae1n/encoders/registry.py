@@ -524,6 +524,26 @@ _builtin(
     weights_url="https://huggingface.co/Astaxanthin/KEEP",
 )
 
+_builtin(
+    "musk",
+    dim=1024,
+    input_size=384,
+    mean=(0.5, 0.5, 0.5),  # timm IMAGENET_INCEPTION_MEAN / STD, as MUSK's card uses
+    std=(0.5, 0.5, 0.5),
+    interpolation="bicubic",
+    builder="sae1n.encoders.musk:build_musk",
+    description="MUSK (BEiT-3 multiway ViT-L/16 at 384 px; image class token, text tower via the B experts)",
+    env_var="MUSK_CKPT_PATH",
+    hub_id="xiangjx/musk",
+    has_text=True,
+    pip_extra="encoders",
+    checkpoint_hint="MUSK's model.safetensors (huggingface.co/xiangjx/musk) with tokenizer.spm (github.com/lilab-stanford/MUSK, musk/models/) in the same folder",
+    mpp=None,
+    mpp_note="mixed (not fixed on the card); TRIDENT: 384 px, bicubic, centre crop",
+    licence=_NC,
+    weights_url="https://huggingface.co/xiangjx/musk",
+)
+
 _OLD = {
     "conch_v1": dict(mpp=0.5, mpp_note="20x (CLAM feeds 224 px; native 448)", licence=_NC, weights_url="https://huggingface.co/MahmoodLab/conch"),
     "uni_v1": dict(mpp=0.5, mpp_note="20x", licence=_NC, weights_url="https://huggingface.co/MahmoodLab/UNI"),
