@@ -117,6 +117,10 @@ def save_checkpoint(name, model, folder, tiny_cfg):
         return path
     if name == "phikon_v2":
         model.model.save_pretrained(folder)
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:  # the published (legacy) key names
+            assert "encoder.layer.0.attention.attention.query.weight" in set(f.keys())
         return folder
     if name == "quiltnet_b32":
         import open_clip
