@@ -226,6 +226,13 @@ def test_lazyslide_zarr_store(tmp_path, zarr_format):
     with pytest.raises(InputFileError, match=r"slide2.zarr.*2 feature tables.*lazyslide:resnet50_tiles"):
         read_bag(tmp_path / "slide2.zarr")
     assert read_bag(tmp_path / "slide2.zarr", feature_format="lazyslide:resnet50_tiles").dim == 3
+    # the folder listing can carry the table, so readers called without a format read it too
+    paths = feature_paths(tmp_path, feature_format="lazyslide:uni_tiles")
+    assert paths["slide2"] == tmp_path / "slide2.zarr" / "tables" / "uni_tiles"
+    bag = read_bag(paths["slide2"])
+    assert bag.dim == 5 and bag.slide_id == "slide2" and bag.coords.shape == (10, 2)
+    with pytest.raises(InputFileError, match="slide1.zarr.*no feature table 'resnet50_tiles'"):
+        feature_paths(tmp_path, feature_format="lazyslide:resnet50_tiles")
 
 
 def test_anndata_written_store_if_installed(tmp_path):

@@ -91,9 +91,9 @@ def feature_paths(
     from sae1n.io.feature_formats import parse_format
 
     root = Path(feat_dir)
-    fmt, _ = parse_format(feature_format)
+    fmt, table = parse_format(feature_format)
     if root.is_dir() and root.suffix == ".zarr":
-        return {root.stem: root}
+        return _with_table({root.stem: root}, table)
     if not root.is_dir():
         raise InputFileError(root, "feature folder does not exist", "pass the folder that holds h5_files/ and pt_files/ (or the .h5 files)")
     if file_type is not None and file_type not in FILE_TYPES:
@@ -101,7 +101,7 @@ def feature_paths(
     if fmt == "lazyslide":
         found = _scan_zarr(root)
         if found:
-            return found
+            return _with_table(found, table)
         raise InputFileError(root, "holds no <slide>.zarr stores", "point to the folder with LazySlide's saved .zarr stores")
     order = [file_type] if file_type else ["h5", "pt", "sparse"]
     for ft in order:
@@ -127,6 +127,20 @@ def feature_paths(
 
 def _scan(folder: Path, suffix: str) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob(f"*{suffix}")) if not p.name.startswith(".") and p.is_file()}
+
+
+def _with_table(stores: dict[str, Path], table: str | None) -> dict[str, Path]:
+    """Point at ``<slide>.zarr/tables/<table>`` so every reader (also those
+    called without ``feature_format``) reads that table."""
+    if table is None:
+        return stores
+    out = {}
+    for sid, store in stores.items():
+        t = store / "tables" / table
+        if not t.is_dir():
+            raise InputFileError(store, f"has no feature table {table!r}", "pick a table every slide's store has")
+        out[sid] = t
+    return out
 
 
 def _scan_zarr(folder: Path) -> dict[str, Path]:
@@ -176,9 +190,12 @@ def read_bag(
 
     path = Path(path)
     fmt, table = parse_format(feature_format)
-    if path.is_dir() and (path.suffix == ".zarr" or fmt == "lazyslide"):
-        got = read_lazyslide(path, table)
-        bag = FeatureBag(path=path, features=got["features"], coords=got["coords"], attrs=got["attrs"], name=path.stem)
+    store = path
+    if path.is_dir() and path.parent.name == "tables" and path.parent.parent.suffix == ".zarr":
+        store, table = path.parent.parent, table or path.name  # <slide>.zarr/tables/<table>
+    if store.is_dir() and (store.suffix == ".zarr" or fmt == "lazyslide"):
+        got = read_lazyslide(store, table)
+        bag = FeatureBag(path=path, features=got["features"], coords=got["coords"], attrs=got["attrs"], name=store.stem)
         _validate(bag, expected_dim=expected_dim, allow_empty=allow_empty, check_finite=check_finite)
         return bag
     if fmt == "lazyslide":
