@@ -177,6 +177,12 @@ def test_stamp_layout(tmp_path):
     np.testing.assert_array_equal(bag.coords, coords_um.astype(np.int64))
     assert bag.attrs["coords_unit"] == "um" and bag.attrs["feature_format"] == "stamp"
     assert bag.attrs["extractor"] == "uni2" and bag.attrs["tile_size_um"] == 256.0
+    # STAMP's output root: <output_dir>/<extractor>-<hash>/<slide>.h5
+    write_stamp(tmp_path / "out" / "uni2-abcd1234", "TCGA-YY", feats, coords_um)
+    assert list(feature_paths(tmp_path / "out")) == ["TCGA-YY"]
+    write_stamp(tmp_path / "out" / "virchow2-abcd1234", "TCGA-YY", feats, coords_um)
+    with pytest.raises(InputFileError, match="2 STAMP feature folders.*uni2-abcd1234"):
+        feature_paths(tmp_path / "out")
     write_stamp(tmp_path / "slide", "enc", feats[:1], coords_um[:1], feat_type="slide")
     with pytest.raises(InputFileError, match="enc.h5.*STAMP slide-level features"):
         read_bag(tmp_path / "slide" / "enc.h5")

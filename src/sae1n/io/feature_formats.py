@@ -11,7 +11,7 @@ format is detected from the file (or forced with ``feature_format``):
     (attrs ``patch_size``, ``patch_size_level0``, ``level0_magnification``,
     ``target_magnification``, ``overlap``, ``level0_width``/``height``).
 ``stamp``
-    STAMP's ``<slide>.h5``: ``feats`` (N, D, float16) and ``coords`` (N, 2) in
+    STAMP's ``<output_dir>/<extractor>[-<hash>]/<slide>.h5``: ``feats`` (N, D, float16) and ``coords`` (N, 2) in
     **micrometres** (file attrs ``unit="um"``, ``tile_size_um``,
     ``tile_size_px``, ``extractor``, ``feat_type="tile"``, ``stamp_version``).
     Coordinates are kept in micrometres (rounded), marked ``coords_unit="um"``.

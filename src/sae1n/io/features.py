@@ -164,7 +164,28 @@ def _other_layouts(root: Path) -> dict[str, Path]:
             f"holds {len(trident)} TRIDENT feature folders ({', '.join(str(d.relative_to(root)) for d in trident)})",
             "point to the one of the encoder you want",
         )
-    return _scan(trident[0], ".h5") if trident else {}
+    if trident:
+        return _scan(trident[0], ".h5")
+    # STAMP's output folder: <output_dir>/<extractor>[-<hash>]/<slide>.h5
+    stamp = [d for d in subs if _is_stamp_folder(d)]
+    if len(stamp) > 1:
+        raise InputFileError(
+            root,
+            f"holds {len(stamp)} STAMP feature folders ({', '.join(d.name for d in stamp)})",
+            "point to the one of the extractor you want",
+        )
+    return _scan(stamp[0], ".h5") if stamp else {}
+
+
+def _is_stamp_folder(folder: Path) -> bool:
+    first = next(iter(_scan(folder, ".h5").values()), None)
+    if first is None:
+        return False
+    try:
+        with h5py.File(first, "r") as f:
+            return "feats" in f and ("stamp_version" in f.attrs or "extractor" in f.attrs)
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- reading
