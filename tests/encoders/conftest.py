@@ -127,5 +127,15 @@ def _no_hub(monkeypatch):
         "RESNET50_CKPT_PATH",
         "CLIP_CKPT_PATH",
         "PLIP_CKPT_PATH",
+        "UNI2_CKPT_PATH",
+        "VIRCHOW2_CKPT_PATH",
+        "HOPTIMUS0_CKPT_PATH",
+        "HOPTIMUS1_CKPT_PATH",
+        "H0_MINI_CKPT_PATH",
+        "CONCH_V15_CKPT_PATH",
+        "CTRANSPATH_CKPT_PATH",
+        "PHIKON_V2_CKPT_PATH",
+        "QUILTNET_CKPT_PATH",
+        "KEEP_CKPT_PATH",
     ):
         monkeypatch.delenv(var, raising=False)

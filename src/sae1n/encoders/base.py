@@ -42,15 +42,29 @@ class PatchTransform:
     """An entry's input transform: RGB patches -> normalised float
     ``(B, 3, S, S)``. Small and picklable, so DataLoader workers can run it.
 
-    uint8 patches are resized with :func:`resize_uint8` on the CPU (on a GPU,
-    after conversion to float), scaled to [0, 1] and normalised with the
-    entry's mean/std; float input is taken as RGB in [0, 1].
+    uint8 patches are resized (antialiased ``interpolation``: bilinear or
+    bicubic) with :func:`resize_uint8` on the CPU (on a GPU, after conversion
+    to float), to ``resize_size`` then centre-cropped to ``input_size`` when
+    the entry says so (Prov-GigaPath: 256 -> 224), scaled to [0, 1] and
+    normalised with the entry's mean/std; float input is taken as RGB in [0, 1].
     """
 
-    def __init__(self, input_size: int | None, mean=None, std=None):
+    def __init__(
+        self,
+        input_size: int | None,
+        mean=None,
+        std=None,
+        interpolation: str = "bilinear",
+        resize_size: int | None = None,
+    ):
+        if interpolation not in ("bilinear", "bicubic"):
+            raise Sae1nError(f"interpolation must be 'bilinear' or 'bicubic', not {interpolation!r}")
         self.input_size = input_size
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
+        self.interpolation = interpolation
+        # resize to resize_size, then centre-crop input_size (e.g. Prov-GigaPath: 256 -> 224)
+        self.resize_size = resize_size if resize_size and input_size and resize_size != input_size else None
 
     def __call__(self, patches, device: str | torch.device = "cpu") -> torch.Tensor:
         x = torch.as_tensor(patches)
@@ -63,10 +77,10 @@ class PatchTransform:
         device = torch.device(device)
         if x.shape[1] != 3:
             x = x.permute(0, 3, 1, 2)  # a channels-last view, no copy
-        size = self.input_size
+        size = self.resize_size or self.input_size
         resize = bool(size) and tuple(x.shape[-2:]) != (size, size)
         if resize and x.dtype == torch.uint8 and device.type == "cpu":
-            x, resize = resize_uint8(x, size), False  # fast uint8 kernel
+            x, resize = resize_uint8(x, size, self.interpolation), False  # fast uint8 kernel
         x = x.to(device, non_blocking=True)
         out = torch.empty(x.shape, dtype=torch.float32, device=device)
         out.copy_(x)  # one strided pass: layout change and dtype conversion together
@@ -75,11 +89,15 @@ class PatchTransform:
             out = torch.nn.functional.interpolate(
                 out.mul_(to_unit),
                 size=(size, size),
-                mode="bilinear",
+                mode=self.interpolation,
                 antialias=True,
                 align_corners=False,
             )
             to_unit = 1.0
+            if self.interpolation == "bicubic":
+                out = out.clamp_(0.0, 1.0)  # bicubic overshoots; PIL clips to the uint8 range
+        if self.resize_size:
+            out = center_crop(out, self.input_size)
         if self.mean is None:
             return out.mul_(to_unit) if to_unit != 1.0 else out
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
@@ -119,7 +137,17 @@ class Encoder:
                 f"cannot use device {device!r} for encoder {self.name!r} ({exc}); pick --device cpu or an available GPU"
             ) from exc
         self.model.requires_grad_(False)
-        self.transform = PatchTransform(self.input_size, spec.mean, spec.std)
+        resize_size = getattr(spec, "resize_size", None)
+        if resize_size and spec.input_size and self.input_size != spec.input_size:
+            # keep the entry's crop fraction at another input size
+            resize_size = int(round(self.input_size * resize_size / spec.input_size))
+        self.transform = PatchTransform(
+            self.input_size,
+            spec.mean,
+            spec.std,
+            interpolation=getattr(spec, "interpolation", "bilinear"),
+            resize_size=resize_size,
+        )
         self.autocast_dtype = None
         if self.device.type == "cuda" and spec.autocast:
             self.autocast_dtype = (
@@ -167,7 +195,7 @@ class Encoder:
         encoder (compare with :meth:`to_joint_space` of image features)."""
         if not self.supports_text:
             raise Sae1nError(
-                f"encoder {self.name!r} has no text tower; use one of the CLIP-family encoders (conch_v1, clip_vit_b16, plip)"
+                f"encoder {self.name!r} has no text tower; use an encoder with a text tower (`sae1n extract-features --list-models`)"
             )
         if isinstance(texts, str):
             texts = [texts]
@@ -186,12 +214,22 @@ class Encoder:
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
-def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of uint8 ``(B, 3, H, W)`` patches to
-    ``size`` px (torch's uint8 kernel; within 2 grey levels of the PIL
-    resize CLAM applies, several times faster)."""
+def resize_uint8(x: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """Antialiased bilinear (or bicubic) resize of uint8 ``(B, 3, H, W)``
+    patches to ``size`` px (torch's uint8 kernel; within 2 grey levels of
+    the PIL resize CLAM applies, several times faster)."""
     if x.shape[0] == 0:
         return x.new_zeros((0, 3, size, size))
     return torch.nn.functional.interpolate(
-        x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        x, size=(size, size), mode=interpolation, antialias=True, align_corners=False
     )
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window of ``(B, C, H, W)`` images
+    (torchvision's CenterCrop offsets: ``round((H - size) / 2)``)."""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise Sae1nError(f"cannot centre-crop {size} px from {h}x{w} images")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]

@@ -11,14 +11,20 @@ def configure_extract_features(p: argparse.ArgumentParser) -> None:
     from sae1n.encoders.registry import available_encoders, spec_table
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = "encoders:\n" + spec_table()
+    p.epilog = "encoders (details: --list-models):\n" + spec_table()
+    option(
+        p,
+        "--list_models",
+        action="store_true",
+        help="print every encoder (dim, text tower, input, expected mpp, licence, weights) and exit",
+    )
     option(
         p,
         "--data_h5_dir",
-        required=True,
-        help="folder holding patches/<slide>.h5 (create-patches --save_dir)",
+        default=None,
+        help="folder holding patches/<slide>.h5 (create-patches --save_dir); required",
     )
-    option(p, "--data_slide_dir", required=True, help="folder holding the slides")
+    option(p, "--data_slide_dir", default=None, help="folder holding the slides; required")
     option(
         p,
         "--csv_path",
@@ -28,8 +34,8 @@ def configure_extract_features(p: argparse.ArgumentParser) -> None:
     option(
         p,
         "--feat_dir",
-        required=True,
-        help="output folder: h5_files/ and pt_files/ are written here",
+        default=None,
+        help="output folder: h5_files/ and pt_files/ are written here; required",
     )
     option(p, "--batch_size", type=int, default=256, help="patches per encoder batch (default 256)")
     option(p, "--slide_ext", default=".svs", help="slide file extension (default .svs)")
@@ -94,6 +100,14 @@ def run_extract_features(args) -> int:
     from sae1n.distributed.jobs import extract_features_sharded
     from sae1n.errors import ConfigError
 
+    if args.list_models:
+        from sae1n.encoders.registry import models_table
+
+        print(models_table())
+        return 0
+    missing = [f"--{k}" for k in ("data_h5_dir", "data_slide_dir", "feat_dir") if not getattr(args, k)]
+    if missing:
+        raise ConfigError(f"extract-features needs {', '.join(missing)} (or --list-models)")
     shard = None
     if args.shard:
         try:

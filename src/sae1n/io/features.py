@@ -5,7 +5,14 @@ Formats understood (all produced by tools users already run):
 * CLAM folders: ``<feat_dir>/h5_files/<slide>.h5`` with datasets ``features``
   (N, D) float32 and ``coords`` (N, 2) level-0 top-left integers, and
   ``<feat_dir>/pt_files/<slide>.pt`` holding the (N, D) tensor.
-* TRIDENT folders: ``features_<encoder>/<slide>.h5`` (same datasets, flat folder).
+* TRIDENT folders: ``features_<encoder>/<slide>.h5`` (same datasets, flat
+  folder; a TRIDENT job folder holding one ``features_*`` folder also works).
+* Other tools' layouts, read without re-extraction (see
+  :mod:`sae1n.io.feature_formats`): STAMP ``<slide>.h5`` (``feats``, coords in
+  micrometres), KatherLab mopadi ``<slide>/features.h5``, LazySlide /
+  SpatialData ``<slide>.zarr`` stores. The layout is detected per file, or
+  forced with ``feature_format=`` (``clam``, ``trident``, ``stamp``,
+  ``mopadi``, ``lazyslide[:<table>]``).
 * sae1n sparse SAE codes: ``sparse_files/<slide>.h5`` with CSR datasets
   ``indptr`` (N+1), ``indices``, ``values`` plus ``coords`` and the attribute
   ``dict_size``.
@@ -41,10 +48,12 @@ class FeatureBag:
     coords: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
     sparse: object | None = None  # scipy.sparse.csr_matrix for SAE codes
+    name: str | None = None  # slide id when the file name is not it (mopadi's <slide>/features.h5)
+    tile_names: list | None = None  # per-row tile file names, when a tool stores them
 
     @property
     def slide_id(self) -> str:
-        return self.path.stem
+        return self.name or self.path.stem
 
     @property
     def n(self) -> int:
@@ -64,19 +73,36 @@ class FeatureBag:
 # ----------------------------------------------------------------------------- folders
 
 
-def feature_paths(feat_dir: str | os.PathLike, file_type: str | None = None) -> dict[str, Path]:
-    """Map slide id -> feature file in a CLAM, TRIDENT or sae1n folder.
+def feature_paths(
+    feat_dir: str | os.PathLike, file_type: str | None = None, *, feature_format: str | None = None
+) -> dict[str, Path]:
+    """Map slide id -> feature file in a CLAM, TRIDENT, STAMP, mopadi,
+    LazySlide or sae1n folder.
 
     ``feat_dir`` may be the CLAM root (holding ``h5_files/`` and/or
-    ``pt_files/``), one of those subfolders, or a flat TRIDENT folder.
-    ``file_type`` picks ``h5``, ``pt`` or ``sparse``; by default h5 is
-    preferred, then pt, then sparse. Hidden/temporary files are ignored.
+    ``pt_files/``), one of those subfolders, a flat TRIDENT/STAMP folder of
+    ``<slide>.h5``, a TRIDENT job folder with one ``features_<encoder>/``, a
+    mopadi folder of ``<slide>/features.h5``, or a folder of LazySlide
+    ``<slide>.zarr`` stores (or one store). ``file_type`` picks ``h5``, ``pt``
+    or ``sparse``; by default h5 is preferred, then pt, then sparse.
+    ``feature_format`` restricts the layout (default: detected).
+    Hidden/temporary files are ignored.
     """
+    from sae1n.io.feature_formats import parse_format
+
     root = Path(feat_dir)
+    fmt, table = parse_format(feature_format)
+    if root.is_dir() and root.suffix == ".zarr":
+        return _with_table({root.stem: root}, table)
     if not root.is_dir():
         raise InputFileError(root, "feature folder does not exist", "pass the folder that holds h5_files/ and pt_files/ (or the .h5 files)")
     if file_type is not None and file_type not in FILE_TYPES:
         raise InputFileError(root, f"unknown file type {file_type!r}", f"use one of {', '.join(FILE_TYPES)}")
+    if fmt == "lazyslide":
+        found = _scan_zarr(root)
+        if found:
+            return _with_table(found, table)
+        raise InputFileError(root, "holds no <slide>.zarr stores", "point to the folder with LazySlide's saved .zarr stores")
     order = [file_type] if file_type else ["h5", "pt", "sparse"]
     for ft in order:
         sub = root / _SUBDIR[ft]
@@ -87,15 +113,79 @@ def feature_paths(feat_dir: str | os.PathLike, file_type: str | None = None) -> 
         found = _scan(root, _SUFFIX[ft])
         if found:
             return found
+    if file_type in (None, "h5"):
+        found = _other_layouts(root)
+        if found:
+            return found
     raise InputFileError(
         root,
-        f"no {'/'.join(_SUFFIX[f] for f in order)} feature files found",
+        f"no {'/'.join(dict.fromkeys(_SUFFIX[f] for f in order))} feature files found "
+        "(nor TRIDENT features_*/, mopadi <slide>/features.h5 or LazySlide .zarr stores)",
         "run `sae1n extract-features` first, or point to the folder holding h5_files/ or pt_files/",
     )
 
 
 def _scan(folder: Path, suffix: str) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.glob(f"*{suffix}")) if not p.name.startswith(".")}
+    return {p.stem: p for p in sorted(folder.glob(f"*{suffix}")) if not p.name.startswith(".") and p.is_file()}
+
+
+def _with_table(stores: dict[str, Path], table: str | None) -> dict[str, Path]:
+    """Point at ``<slide>.zarr/tables/<table>`` so every reader (also those
+    called without ``feature_format``) reads that table."""
+    if table is None:
+        return stores
+    out = {}
+    for sid, store in stores.items():
+        t = store / "tables" / table
+        if not t.is_dir():
+            raise InputFileError(store, f"has no feature table {table!r}", "pick a table every slide's store has")
+        out[sid] = t
+    return out
+
+
+def _scan_zarr(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.glob("*.zarr")) if p.is_dir() and not p.name.startswith(".")}
+
+
+def _other_layouts(root: Path) -> dict[str, Path]:
+    """LazySlide stores, mopadi's per-slide folders, or a TRIDENT job folder."""
+    found = _scan_zarr(root)
+    if found:
+        return found
+    subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    found = {d.name: d / "features.h5" for d in subs if (d / "features.h5").is_file()}
+    if found:
+        return found
+    trident = sorted({*root.glob("features_*"), *root.glob("*/features_*")})
+    trident = [d for d in trident if d.is_dir() and _scan(d, ".h5")]
+    if len(trident) > 1:
+        raise InputFileError(
+            root,
+            f"holds {len(trident)} TRIDENT feature folders ({', '.join(str(d.relative_to(root)) for d in trident)})",
+            "point to the one of the encoder you want",
+        )
+    if trident:
+        return _scan(trident[0], ".h5")
+    # STAMP's output folder: <output_dir>/<extractor>[-<hash>]/<slide>.h5
+    stamp = [d for d in subs if _is_stamp_folder(d)]
+    if len(stamp) > 1:
+        raise InputFileError(
+            root,
+            f"holds {len(stamp)} STAMP feature folders ({', '.join(d.name for d in stamp)})",
+            "point to the one of the extractor you want",
+        )
+    return _scan(stamp[0], ".h5") if stamp else {}
+
+
+def _is_stamp_folder(folder: Path) -> bool:
+    first = next(iter(_scan(folder, ".h5").values()), None)
+    if first is None:
+        return False
+    try:
+        with h5py.File(first, "r") as f:
+            return "feats" in f and ("stamp_version" in f.attrs or "extractor" in f.attrs)
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- reading
@@ -108,21 +198,37 @@ def read_bag(
     expected_dim: int | None = None,
     allow_empty: bool = False,
     check_finite: bool = True,
+    feature_format: str | None = None,
 ) -> FeatureBag:
-    """Read and validate one slide's feature file (``.h5`` or ``.pt``).
+    """Read and validate one slide's feature file (``.h5``, ``.pt`` or a
+    LazySlide ``.zarr`` store); the layout (CLAM, TRIDENT, STAMP, mopadi,
+    LazySlide) is detected unless ``feature_format`` names it.
 
     Sparse SAE-code files come back densified unless ``dense=False``.
     Raises :class:`InputFileError` naming the file on any problem.
     """
+    from sae1n.io.feature_formats import parse_format, read_lazyslide
+
     path = Path(path)
+    fmt, table = parse_format(feature_format)
+    store = path
+    if path.is_dir() and path.parent.name == "tables" and path.parent.parent.suffix == ".zarr":
+        store, table = path.parent.parent, table or path.name  # <slide>.zarr/tables/<table>
+    if store.is_dir() and (store.suffix == ".zarr" or fmt == "lazyslide"):
+        got = read_lazyslide(store, table)
+        bag = FeatureBag(path=path, features=got["features"], coords=got["coords"], attrs=got["attrs"], name=store.stem)
+        _validate(bag, expected_dim=expected_dim, allow_empty=allow_empty, check_finite=check_finite)
+        return bag
+    if fmt == "lazyslide":
+        raise InputFileError(path, "is not a LazySlide .zarr store", "point to the <slide>.zarr folder")
     if not path.is_file():
         raise InputFileError(path, "file not found", "check the path, or re-run the stage that writes it")
     if path.suffix == ".pt":
         bag = _read_pt(path)
     elif path.suffix in (".h5", ".hdf5"):
-        bag = _read_h5(path, dense=dense)
+        bag = _read_h5(path, dense=dense, fmt=fmt)
     else:
-        raise InputFileError(path, f"unsupported feature file type {path.suffix!r}", "use .h5 or .pt files")
+        raise InputFileError(path, f"unsupported feature file type {path.suffix!r}", "use .h5, .pt or .zarr feature files")
     _validate(bag, expected_dim=expected_dim, allow_empty=allow_empty, check_finite=check_finite)
     return bag
 
@@ -153,14 +259,30 @@ def _read_pt(path: Path) -> FeatureBag:
     return FeatureBag(path=path, features=feats, coords=coords)
 
 
-def _read_h5(path: Path, dense: bool) -> FeatureBag:
+def _read_h5(path: Path, dense: bool, fmt: str | None = None) -> FeatureBag:
+    from sae1n.io import feature_formats as ff
+
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise InputFileError(path, f"is not a readable HDF5 file ({exc})", "delete it and re-run the stage that writes it") from exc
     with f:
+        found = ff.detect_h5_format(f, path) if (fmt is not None or "feats" in f or "metadata" in f) else None
+        if fmt is not None and found != fmt and {found, fmt} != {"clam", "trident"}:
+            raise InputFileError(path, f"is a {found} feature file, not {fmt}", f"drop feature_format (detected: {found}) or pass the {fmt} files")
+        name = path.parent.name if path.name == "features.h5" and path.parent.name else None
+        if found in ("stamp", "mopadi"):
+            got = (ff.read_stamp if found == "stamp" else ff.read_mopadi)(f, path)
+            feats = got["features"]
+            if feats.ndim == 3 and feats.shape[0] == 1:
+                feats = feats[0]
+            return FeatureBag(
+                path=path, features=feats, coords=got["coords"], attrs=got["attrs"], name=name, tile_names=got.get("tile_names")
+            )
         # the file's own provenance record is not a property to copy onward (read_provenance reads it)
         attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "sae1n_provenance"}
+        if "features" in f and hasattr(f["features"], "attrs"):
+            attrs.update({k: _plain(v) for k, v in f["features"].attrs.items()})
         coords = None
         if "coords" in f:
             coords = f["coords"][()]
@@ -188,7 +310,7 @@ def _read_h5(path: Path, dense: bool) -> FeatureBag:
         feats = f[key][()]
     if feats.ndim == 3 and feats.shape[0] == 1:  # some tools store (1, N, D)
         feats = feats[0]
-    return FeatureBag(path=path, features=np.asarray(feats, dtype=np.float32), coords=coords, attrs=attrs)
+    return FeatureBag(path=path, features=np.asarray(feats, dtype=np.float32), coords=coords, attrs=attrs, name=name)
 
 
 def _plain(v):
@@ -204,6 +326,8 @@ def _plain(v):
 def _validate(bag: FeatureBag, *, expected_dim: int | None, allow_empty: bool, check_finite: bool) -> None:
     path = bag.path
     mat = bag.features if bag.features is not None else bag.sparse
+    if mat.ndim == 1:
+        raise InputFileError(path, f"holds one {mat.shape[0]}-d vector: a slide-level embedding (TRIDENT slide_features_*, STAMP slide encoding), not patch features (features must be 2-D)", "point to the per-patch feature folder (TRIDENT features_<encoder>/, STAMP tile features)")
     if mat.ndim != 2:
         raise InputFileError(path, f"features must be 2-D (N patches, D dims), got shape {tuple(mat.shape)}", "re-extract features; each row must be one patch")
     if mat.shape[0] == 0 and not allow_empty:
