@@ -39,6 +39,7 @@ DEFAULTS = {
     "work_dir": "./sae1n-run",
     "task": "camelyon16",  # camelyon16 | panda
     "seed": 42,
+    "compat": "default",  # paper: train-sae, save-sae-features, analyze-sae, train-mil as the paper's code
     "slides": {"dir": None, "ext": ".tif", "backend": "auto"},
     "annotations": {"dir": None, "format": "auto", "threshold": 0.5},
     "reference_csv": None,  # camelyon16: official test labels
@@ -89,6 +90,8 @@ def load_pipeline_config(
     cfg = apply_overrides(cfg, list(overrides))
     if cfg.task not in ("camelyon16", "panda"):
         raise ConfigError(f"pipeline task must be camelyon16 or panda, not {cfg.task!r}")
+    if str(cfg.compat) not in ("default", "paper"):
+        raise ConfigError(f"pipeline compat must be default or paper, not {cfg.compat!r}")
     if not cfg.slides.dir:
         raise ConfigError("pipeline config needs slides.dir (the folder of WSIs)")
     return cfg
@@ -169,14 +172,16 @@ GRAPH: tuple[Stage, ...] = (
     Stage("extract_features", ("create_patches",), ("slides.dir", "slides.ext", "encoder.name", "encoder.checkpoint")),
     Stage("create_metadata", ("extract_features",), ("task", "annotations.dir", "reference_csv", "panda_csv")),
     Stage("create_splits", ("create_metadata",), ("task", "seed", "splits.k", "splits.repeats")),
-    Stage("train_sae", ("extract_features", "create_splits"), ("sae", "seed", "splits.fold")),
-    Stage("save_sae_features", ("train_sae", "extract_features"), ()),
-    Stage("analyze_sae", ("save_sae_features", "create_splits", "create_metadata"), ("neurons.pooling", "splits.fold")),
+    Stage("train_sae", ("extract_features", "create_splits"), ("sae", "seed", "splits.fold", "compat")),
+    Stage("save_sae_features", ("train_sae", "extract_features"), ("compat",)),
+    Stage(
+        "analyze_sae", ("save_sae_features", "create_splits", "create_metadata"), ("neurons.pooling", "splits.fold", "compat")
+    ),
     Stage("patch_labels", ("create_patches",), ("annotations", "panda_csv")),
     Stage(
         "train_mil",
         ("extract_features", "save_sae_features", "analyze_sae", "create_splits", "create_metadata"),
-        ("mil", "seed", "splits.fold"),
+        ("mil", "seed", "splits.fold", "compat"),
     ),
     Stage(
         "evaluate_patches",
@@ -592,6 +597,7 @@ class Pipeline:
             f"data.feature_dir={p.feat_dir}",
             f"data.split_csv_path={p.split_csv(int(self.cfg.splits.fold))}",
             f"seed={int(self.cfg.seed)}",
+            f"compat={self.cfg.compat}",
             *list(self.cfg.sae.overrides),
         ]
         return load_sae_config(self.cfg.sae.exp, overrides)
@@ -606,7 +612,7 @@ class Pipeline:
         from sae1n.sae.encode import save_sae_features
 
         summary = save_sae_features(
-            self.paths.sae_dir, self.paths.feat_dir, out_dir=self.paths.encoded_dir
+            self.paths.sae_dir, self.paths.feat_dir, out_dir=self.paths.encoded_dir, compat=str(self.cfg.compat)
         )
         return EncodingInfo(len(summary.encoded), len(summary.skipped))
 
@@ -621,6 +627,7 @@ class Pipeline:
             p.metadata_csv,
             p.sae_root,
             pooling=self.cfg.neurons.pooling,
+            compat=str(self.cfg.compat),
         )
         top = frame.iloc[0]
         return AnalysisInfo(int(top["unit_id"]), float(top["p_value"]), float(top["t_statistic"]))
@@ -659,6 +666,7 @@ class Pipeline:
             f"split_dir={p.split_dir}",
             f"results_dir_base={p.mil_root}",
             f"seed={int(self.cfg.seed)}",
+            f"compat={self.cfg.compat}",
         ]
         if uses_sae:
             ov += [
