@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "create-metadata": ("sae1n.datasets.commands", "dataset CSV for Camelyon16 or PANDA"),
     "create-splits": ("sae1n.datasets.commands", "k-fold / 80-10-10 splits in CLAM's CSV format"),
     "patch-labels": ("sae1n.datasets.commands", "tumour fraction per patch from annotations"),
+    "make-bags": ("sae1n.datasets.bags_commands", "slide-like bags from labelled patches or tiles (weak labels for testing)"),
     "train-sae": ("sae1n.sae.commands", "train a sparse autoencoder: exp=<name> key=value ..."),
     "save-sae-features": ("sae1n.sae.commands", "encode every slide with a trained SAE"),
     "analyze-sae": ("sae1n.neurons.commands", "rank SAE neurons by slide labels (Welch t-test)"),
