@@ -172,9 +172,28 @@ def configure_evaluate_patches(p: argparse.ArgumentParser) -> None:
         p,
         "--mil_dir",
         type=Path,
+        nargs="+",
         default=None,
-        help="<results_dir_base>/mil/<exp>: ABMIL attention baseline from fold_<k>/patch_scores",
+        help="<results_dir_base>/mil/<exp> folder(s): ABMIL attention / MaxMIL score baselines from fold_<k>/patch_scores",
     )
+    option(
+        p,
+        "--input_feature_dir",
+        type=Path,
+        default=None,
+        help="the features the SAE was trained on: adds the raw_dim, pca, random_sae and linear_probe (oracle) baselines",
+    )
+    option(
+        p,
+        "--baselines",
+        nargs="+",
+        default=None,
+        choices=("raw_dim", "pca", "random_sae", "linear_probe"),
+        help="which feature baselines (default: all, with --input_feature_dir)",
+    )
+    option(p, "--sae_checkpoint", type=Path, default=None, help="SAE whose shape random_sae copies (default: the one that encoded the codes)")
+    option(p, "--n_components", type=int, default=32, help="principal components ranked by the pca baseline")
+    option(p, "--baseline_seed", type=int, default=0, help="seed of the random_sae and pca baselines")
     option(p, "--fold", type=int, default=None, help="MIL fold (default: from splits_<k>.csv)")
     _pooling_options(p)
 
@@ -200,6 +219,11 @@ def run_evaluate_patches(args) -> int:
         quantile=args.quantile,
         file_type=args.file_type,
         allow_missing=args.allow_missing,
+        input_feature_dir=args.input_feature_dir,
+        baselines=args.baselines,
+        sae_checkpoint=args.sae_checkpoint,
+        n_components=args.n_components,
+        baseline_seed=args.baseline_seed,
     )
     c = res["chosen"]
 
@@ -211,8 +235,11 @@ def run_evaluate_patches(args) -> int:
         f"F1 {f(c['f1'])} (P {f(c['precision'])}, R {f(c['recall'])}) at val threshold {f(c['threshold'])}, "
         f"slide AUROC {f(c['slide_auroc'])} on {c['n_slides']} test slides"
     )
-    if res.get("baseline"):
-        b = res["baseline"]
-        print(f"ABMIL attention: patch AUROC {f(b['patch_auroc'])}, AP {f(b['patch_ap'])}")
+    for b in res.get("baselines", []):
+        name = b["method"] + (" (oracle)" if b["oracle"] else "")
+        print(
+            f"{name:>26}: patch AUROC {f(b['patch_auroc'])}, AP {f(b['patch_ap'])}, F1 {f(b['f1'])}, "
+            f"slide AUROC {f(b['slide_auroc'])}"
+        )
     print(f"wrote {Path(args.output_dir) / args.exp_id / 'evaluation'}")
     return 0
