@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "save-sae-features": ("sae1n.sae.commands", "encode every slide with a trained SAE"),
     "analyze-sae": ("sae1n.neurons.commands", "rank SAE neurons by slide labels (Welch t-test)"),
     "evaluate-patches": ("sae1n.neurons.commands", "patch-level metrics of the selected neuron(s)"),
+    "stability": ("sae1n.neurons.commands", "train the SAE with several seeds: is the chosen neuron as good, and the same direction?"),
     "heatmap": ("sae1n.viz.commands", "paint a neuron's (or attention) scores on the slide"),
     "report": ("sae1n.viz.commands", "self-contained HTML report of an SAE experiment"),
     "train-mil": ("sae1n.mil.commands", "train MIL slide classifiers: exp=<name> key=value ..."),
