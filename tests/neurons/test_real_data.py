@@ -1,7 +1,6 @@
 """Small versions of benchmarks/real_data.py on the real data in ../shared/data
 (skipped when absent): what the real data supports, asserted."""
 
-import numpy as np
 import pytest
 
 from sae1n.datasets.bags import encode_tiles, list_tiles, load_patch_features, make_bags
