@@ -67,6 +67,7 @@ def test_matching_helpers_and_errors(bags, tmp_path):
     assert cos[0, 1] > 0.99 and abs(cos[0, 2]) < 1e-12
     m = best_matches([d[0], d[2]], [d, d[::-1]])
     assert m[0]["best_unit"] == 2 and m[1]["best_unit"] == 2  # d[::-1][2] == d[0]; d[2] in d
+    assert m[0]["best_cosine"] == pytest.approx(1.0) and m[0]["mean_abs_cosine"] < 1.0
     with pytest.raises(ConfigError, match="2 distinct"):
         _run(bags, tmp_path, [1, 1])
     assert main(["stability", "demo", *_overrides(bags), "--seeds", "1", "--dataset_csv", str(bags.dataset_csv),

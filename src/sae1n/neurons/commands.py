@@ -282,7 +282,8 @@ def run_stability(args) -> int:
     print(
         f"decoder cosine of the chosen neurons: mean {res['pairwise_cosine_mean']:.3f}, min {res['pairwise_cosine_min']:.3f}; "
         f"best match in another seed: mean cosine {res['best_match_cosine_mean']:.3f}, "
-        f"is that seed's chosen neuron in {100 * res['best_match_is_chosen_share']:.0f}% of pairs"
+        f"is that seed's chosen neuron in {100 * res['best_match_is_chosen_share']:.0f}% of pairs "
+        f"(chance: mean |cosine| {res['chance_abs_cosine_mean']:.3f})"
     )
     for r in res["summary"]:
         name = r["method"] + (" (oracle)" if r["oracle"] else "")

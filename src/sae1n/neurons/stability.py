@@ -62,7 +62,15 @@ def best_matches(chosen: Sequence[np.ndarray], dictionaries: Sequence[np.ndarray
             w = np.asarray(w, np.float64)
             cos = (w @ v) / np.where(np.linalg.norm(w, axis=1) > 0, np.linalg.norm(w, axis=1), 1.0)
             k = int(np.argmax(cos))
-            out.append({"seed_index": i, "other_index": j, "best_unit": k, "best_cosine": float(cos[k])})
+            out.append(
+                {
+                    "seed_index": i,
+                    "other_index": j,
+                    "best_unit": k,
+                    "best_cosine": float(cos[k]),
+                    "mean_abs_cosine": float(np.abs(cos).mean()),  # chance level: any neuron of seed j
+                }
+            )
     return out
 
 
@@ -188,6 +196,7 @@ def seed_stability(
         "pairwise_cosine_min": float(off.min()),
         "best_match_cosine_mean": float(np.mean([m["best_cosine"] for m in matches])),
         "best_match_is_chosen_share": float(np.mean([m["is_other_chosen"] for m in matches])),
+        "chance_abs_cosine_mean": float(np.mean([m["mean_abs_cosine"] for m in matches])),
         "best_matches": matches,
         "summary": summary.to_dict(orient="records"),
         "files": {"runs": RUNS_CSV, "summary": SUMMARY_CSV, "cosine": COSINE_CSV, "strip": STRIP_PNG},
