@@ -79,14 +79,16 @@ def stability_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def single_table(rows: list[dict], key: str = "method") -> str:
+def single_table(rows: list[dict], key: str | None = None) -> str:
+    head = f"| {key} " if key else ""
     lines = [
-        f"| {key} | method | oracle | patch AUROC | patch AP | F1 (val thr.) | slide AUROC |",
-        "|---|---|---|---|---|---|---|",
+        head + "| method | oracle | patch AUROC | patch AP | F1 (val thr.) | slide AUROC |",
+        ("|---" if key else "") + "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.get(key, '')} | {r['method']} | {'**yes**' if r.get('oracle') else 'no'} | {_f(r['patch_auroc'])} | "
+            (f"| {r.get(key, '')} " if key else "")
+            + f"| {r['method']} | {'**yes**' if r.get('oracle') else 'no'} | {_f(r['patch_auroc'])} | "
             f"{_f(r['patch_ap'])} | {_f(r['f1'])} | {_f(r['slide_auroc'])} |"
         )
     return "\n".join(lines)
@@ -166,7 +168,9 @@ def class_eval(exp_dir: Path, x, cls, positive: str, out: Path, exp_id: str, sae
         assert not seen & set(b.patches.loc[b.patches["split"] == split, "row"]), split
     enc = save_sae_features(exp_dir, b.feature_dir, out_dir=out / exp_id / "encoded").out_dir
     analyze_sae(exp_id, b.split_csv, enc, b.dataset_csv, out)
-    return evaluate_patches(exp_id, b.split_csv, enc, b.patch_label_dir, out, top_n=0, dataset_csv=b.dataset_csv, input_feature_dir=b.feature_dir)
+    seed = int(exp_id.rsplit("_", 1)[-1]) if exp_id.rsplit("_", 1)[-1].isdigit() else 0
+    return evaluate_patches(exp_id, b.split_csv, enc, b.patch_label_dir, out, top_n=0, dataset_csv=b.dataset_csv,
+                            input_feature_dir=b.feature_dir, baseline_seed=seed)
 
 
 def cmd_uni_classes(args) -> None:
