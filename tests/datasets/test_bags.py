@@ -96,3 +96,25 @@ def test_cli_features_and_tiles(tmp_path, capsys):
     assert p["patch"].str.startswith(("tumor/", "normal/")).all()
     assert read_bag(tmp_path / "ot" / "features" / "h5_files" / "bag_0000.h5").dim == 64
     assert main(["make-bags", "--out_dir", str(tmp_path / "x"), "--positive_class", "TUM"]) == 1
+
+
+def test_clam_folder_input(tmp_path):
+    from sae1n.datasets.bags import load_clam_folder
+    from sae1n.errors import InputFileError
+    from sae1n.io import write_bag
+
+    x, cls = _patches(n_per=10)
+    coords = np.stack([np.arange(len(x)) * 256, np.zeros(len(x))], 1).astype(np.int64)
+    write_bag(tmp_path / "clam", "slideA", x[:20], coords[:20])
+    write_bag(tmp_path / "clam", "slideB", x[20:], coords[20:])
+    order = np.random.default_rng(0).permutation(len(x))  # CSV rows in any order
+    lab = pd.DataFrame({"slide_id": np.where(order < 20, "slideA", "slideB"), "x": coords[order, 0], "y": 0, "class": cls[order]})
+    lab.to_csv(tmp_path / "lab.csv", index=False)
+    fx, fc, ids = load_clam_folder(tmp_path / "clam", tmp_path / "lab.csv")
+    rows = [int(i.split(":")[1]) // 256 for i in ids]
+    np.testing.assert_array_equal(fx, x[rows])
+    np.testing.assert_array_equal(fc, cls[rows])
+    lab.loc[0, "x"] = 7  # a patch that was never extracted
+    lab.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputFileError, match="not among its feature coords"):
+        load_clam_folder(tmp_path / "clam", tmp_path / "bad.csv")

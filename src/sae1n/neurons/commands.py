@@ -195,6 +195,7 @@ def configure_evaluate_patches(p: argparse.ArgumentParser) -> None:
     option(p, "--n_components", type=int, default=32, help="principal components ranked by the pca baseline")
     option(p, "--baseline_seed", type=int, default=0, help="seed of the random_sae and pca baselines")
     option(p, "--fold", type=int, default=None, help="MIL fold (default: from splits_<k>.csv)")
+    option(p, "--label_column", default="label", help="slide label column of --dataset_csv (e.g. one made by make-bags for another class)")
     _pooling_options(p)
 
 
@@ -212,6 +213,7 @@ def run_evaluate_patches(args) -> int:
         top_n=args.top_n,
         threshold=args.threshold,
         dataset_csv=args.dataset_csv,
+        label_column=args.label_column,
         mil_dir=args.mil_dir,
         fold=args.fold,
         pooling=args.pooling,
