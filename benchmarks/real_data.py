@@ -149,9 +149,11 @@ def cmd_uni(args) -> None:
     from sae1n.datasets.bags import load_patch_features
 
     x, cls, ids = load_patch_features(UNI / "features.npy", UNI / "labels.csv")
-    out = Path(args.out or "real_data_output/uni")
-    res = bag_stability(x, cls, "TUM", out, UNI_BAGS, UNI_SAE, args.seeds, inputs={"features": UNI / "features.npy", "labels": UNI / "labels.csv"}, ids=ids)
-    _report(out, "UNI v1 embeddings (NCT-CRC-HE-100K subset), TUM positive", f"python benchmarks/real_data.py uni --seeds {args.seeds}", res)
+    out = Path(args.out or ("real_data_output/uni_paper" if args.paper_sae else "real_data_output/uni"))
+    sae = [] if args.paper_sae else UNI_SAE  # --paper_sae: the paper's UNI SAE unscaled (4096 latents, k 32, batch 4096)
+    res = bag_stability(x, cls, "TUM", out, UNI_BAGS, sae, args.seeds, inputs={"features": UNI / "features.npy", "labels": UNI / "labels.csv"}, ids=ids)
+    _report(out, "UNI v1 embeddings (NCT-CRC-HE-100K subset), TUM positive" + (", the paper's SAE unscaled" if args.paper_sae else ""),
+            f"python benchmarks/real_data.py uni --seeds {args.seeds}" + (" --paper_sae" if args.paper_sae else ""), res)
 
 
 def class_eval(exp_dir: Path, x, cls, positive: str, out: Path, exp_id: str, sae_bags_patches: pd.DataFrame, ids=None, inputs=None) -> dict:
@@ -279,6 +281,8 @@ def main() -> None:
         p.set_defaults(fn=fn)
         p.add_argument("--out", default=None, help="output folder")
         p.add_argument("--seeds", type=int, default=5, help="SAE seeds")
+        if name == "uni":
+            p.add_argument("--paper_sae", action="store_true", help="the paper's UNI SAE as is (4096 latents, k 32, batch 4096, 100 epochs)")
         if name == "uni-classes":
             p.add_argument("--classes", nargs="+", default=["TUM", "LYM", "STR", "ADI", "MUC", "NORM"])
             p.add_argument("--uni_out", default=None, help="output folder of the `uni` run (its SAEs are reused)")

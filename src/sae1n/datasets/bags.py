@@ -246,7 +246,9 @@ def list_tiles(tiles_dir: str | os.PathLike, labels_csv=None, class_column: str 
 def encode_tiles(
     files, encoder: str = "handcrafted", *, checkpoint=None, device: str = "cpu", batch_size: int = 64
 ) -> np.ndarray:
-    """Features (N, D) of image tiles through a registered encoder."""
+    """Features (N, D) of image tiles (RGB; alpha dropped) through a registered
+    encoder; tiles of unequal size in one batch are cropped to the smallest side
+    (the encoder resizes to its input size)."""
     from PIL import Image
 
     from sae1n.encoders import get_encoder
