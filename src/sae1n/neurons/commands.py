@@ -179,10 +179,30 @@ def configure_evaluate_patches(p: argparse.ArgumentParser) -> None:
         p,
         "--mil_dir",
         type=Path,
+        nargs="+",
         default=None,
-        help="<results_dir_base>/mil/<exp>: ABMIL attention baseline from fold_<k>/patch_scores",
+        help="<results_dir_base>/mil/<exp> folder(s): ABMIL attention / MaxMIL score baselines from fold_<k>/patch_scores",
     )
+    option(
+        p,
+        "--input_feature_dir",
+        type=Path,
+        default=None,
+        help="the features the SAE was trained on: adds the raw_dim, pca, random_sae and linear_probe (oracle) baselines",
+    )
+    option(
+        p,
+        "--baselines",
+        nargs="+",
+        default=None,
+        choices=("raw_dim", "pca", "random_sae", "linear_probe"),
+        help="which feature baselines (default: all, with --input_feature_dir)",
+    )
+    option(p, "--sae_checkpoint", type=Path, default=None, help="SAE whose shape random_sae copies (default: the one that encoded the codes)")
+    option(p, "--n_components", type=int, default=32, help="principal components ranked by the pca baseline")
+    option(p, "--baseline_seed", type=int, default=0, help="seed of the random_sae and pca baselines")
     option(p, "--fold", type=int, default=None, help="MIL fold (default: from splits_<k>.csv)")
+    option(p, "--label_column", default="label", help="slide label column of --dataset_csv (e.g. one made by make-bags for another class)")
     _pooling_options(p)
 
 
@@ -200,6 +220,7 @@ def run_evaluate_patches(args) -> int:
         top_n=args.top_n,
         threshold=args.threshold,
         dataset_csv=args.dataset_csv,
+        label_column=args.label_column,
         mil_dir=args.mil_dir,
         fold=args.fold,
         pooling=args.pooling,
@@ -207,6 +228,11 @@ def run_evaluate_patches(args) -> int:
         quantile=args.quantile,
         file_type=args.file_type,
         allow_missing=args.allow_missing,
+        input_feature_dir=args.input_feature_dir,
+        baselines=args.baselines,
+        sae_checkpoint=args.sae_checkpoint,
+        n_components=args.n_components,
+        baseline_seed=args.baseline_seed,
     )
     c = res["chosen"]
 
@@ -218,8 +244,61 @@ def run_evaluate_patches(args) -> int:
         f"F1 {f(c['f1'])} (P {f(c['precision'])}, R {f(c['recall'])}) at val threshold {f(c['threshold'])}, "
         f"slide AUROC {f(c['slide_auroc'])} on {c['n_slides']} test slides"
     )
-    if res.get("baseline"):
-        b = res["baseline"]
-        print(f"ABMIL attention: patch AUROC {f(b['patch_auroc'])}, AP {f(b['patch_ap'])}")
+    for b in res.get("baselines", []):
+        name = b["method"] + (" (oracle)" if b["oracle"] else "")
+        print(
+            f"{name:>26}: patch AUROC {f(b['patch_auroc'])}, AP {f(b['patch_ap'])}, F1 {f(b['f1'])}, "
+            f"slide AUROC {f(b['slide_auroc'])}"
+        )
     print(f"wrote {Path(args.output_dir) / args.exp_id / 'evaluation'}")
+    return 0
+
+
+def configure_stability(p: argparse.ArgumentParser) -> None:
+    p.add_argument("exp", help="SAE experiment config (as for train-sae exp=<name>)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.feature_dir=...")
+    option(p, "--seeds", type=int, nargs="+", default=[5], help="a count N (seeds cfg.seed+0..N-1) or several explicit seeds (default 5)")
+    option(p, "--dataset_csv", type=Path, required=True, help="metadata CSV with slide labels")
+    option(p, "--patch_label_dir", type=Path, required=True, help="folder of <slide>.h5 patch labels")
+    option(p, "--split_csv_path", type=Path, default=None, help="split (default: the config's data.split_csv_path)")
+    option(p, "--output_dir", type=Path, default=None, help="SAE output root (default: the config's output_dir); writes <output_dir>/<exp>/stability/")
+    option(p, "--input_feature_dir", type=Path, default=None, help="the SAE's input features: evaluates the baselines for every seed too")
+    option(p, "--baselines", nargs="+", default=None, choices=("raw_dim", "pca", "random_sae", "linear_probe"), help="feature baselines (default: all, with --input_feature_dir)")
+    option(p, "--mil_dir", type=Path, nargs="+", default=None, help="MIL experiment folder(s) with patch_scores")
+    option(p, "--pooling", choices=_POOLINGS, default="max", help="slide pooling of the ranking (paper: max)")
+    option(p, "--label_column", default="label", help="slide label column of --dataset_csv")
+
+
+def run_stability(args) -> int:
+    from sae1n.neurons.stability import seed_stability
+
+    seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    res = seed_stability(
+        args.exp,
+        seeds=seeds,
+        overrides=args.overrides,
+        split_csv_path=args.split_csv_path,
+        dataset_csv=args.dataset_csv,
+        patch_label_dir=args.patch_label_dir,
+        output_dir=args.output_dir,
+        input_feature_dir=args.input_feature_dir,
+        baselines=args.baselines,
+        mil_dir=args.mil_dir,
+        pooling=args.pooling,
+        label_column=args.label_column,
+    )
+    print(f"seeds {res['seeds']}: chosen neurons {list(res['chosen_units'].values())}")
+    print(
+        f"decoder cosine of the chosen neurons: mean {res['pairwise_cosine_mean']:.3f}, min {res['pairwise_cosine_min']:.3f}; "
+        f"best match in another seed: mean cosine {res['best_match_cosine_mean']:.3f}, "
+        f"is that seed's chosen neuron in {100 * res['best_match_is_chosen_share']:.0f}% of pairs "
+        f"(chance: mean |cosine| {res['chance_abs_cosine_mean']:.3f})"
+    )
+    for r in res["summary"]:
+        name = r["method"] + (" (oracle)" if r["oracle"] else "")
+        print(
+            f"{name:>22}: patch AUROC {r['patch_auroc_mean']:.3f} +- {r['patch_auroc_std']:.3f} "
+            f"[{r['patch_auroc_min']:.3f}, {r['patch_auroc_max']:.3f}], slide AUROC {r['slide_auroc_mean']:.3f} +- {r['slide_auroc_std']:.3f}"
+        )
+    print(f"wrote {res['out_dir']}")
     return 0

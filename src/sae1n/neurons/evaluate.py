@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,15 @@ import numpy as np
 import pandas as pd
 
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
-from sae1n.io import atomic_write_csv, atomic_write_json
+from sae1n.io import (
+    Provenance,
+    atomic_write_csv,
+    atomic_write_json,
+    feature_paths,
+    read_bag,
+    write_sidecar,
+)
+from sae1n.neurons.baselines import FEATURE_BASELINES, fit_baselines
 from sae1n.neurons.inputs import (
     binarize_labels,
     code_files,
@@ -178,11 +187,13 @@ def _collect(
     label_dir: Path,
     threshold: float | None,
     slide_labels: dict[str, int] | None,
-    baseline_dir: Path | None,
+    mil_dirs: dict[str, Path],
     pooling: str,
     topk: int,
     quantile: float,
     allow_missing: bool,
+    raw_files: dict[str, Path] | None = None,
+    baselines: list | None = None,
 ) -> SplitScores:
     out = SplitScores()
     missing = [s for s in slides if s not in files]
@@ -208,15 +219,6 @@ def _collect(
             continue
         idx, lab, unmatched = got
         out.n_unmatched += unmatched
-        baseline = None
-        if baseline_dir is not None:
-            bpath = baseline_dir / f"{sid}.h5"
-            if bpath.is_file():
-                bcoords, bscores = read_patch_scores(bpath)
-                ja, jb = match_coords(coords[idx], bcoords)
-                full = np.full(len(idx), np.nan)
-                full[ja] = bscores[jb]
-                baseline = (full, float(bscores.max()) if bscores.size else math.nan)
         out.slide_ids.append(sid)
         out.labels.append(lab)
         sl = int(lab.any()) if known is None else int(known)
@@ -228,14 +230,58 @@ def _collect(
             out.scores.setdefault(key, []).append(signs[u] * act[idx])
             pooled = pool_activations(act[:, None], pooling, topk=topk, quantile=quantile)[0]
             out.slide_scores.setdefault(key, []).append(signs[u] * pooled)
-        if baseline_dir is not None:
-            out.scores.setdefault("abmil_attention", []).append(
-                baseline[0] if baseline else np.full(len(idx), np.nan)
-            )
-            out.slide_scores.setdefault("abmil_attention", []).append(
-                baseline[1] if baseline else math.nan
-            )
+        for method, folder in mil_dirs.items():
+            part, pooled = _mil_scores(folder / f"{sid}.h5", coords[idx])
+            out.scores.setdefault(method, []).append(part)
+            out.slide_scores.setdefault(method, []).append(pooled)
+        if baselines:
+            if sid not in raw_files:
+                raise InputFileError(
+                    Path(next(iter(raw_files.values()))).parent,
+                    f"no input features for {split_name} slide {sid}",
+                    "pass the --input_feature_dir the SAE was trained on",
+                )
+            raw = read_bag(raw_files[sid])
+            ja, jb = _raw_match(raw, coords, raw_files[sid])
+            for b in baselines:
+                full = np.full(len(coords), np.nan)
+                sc = b.score(raw.features)
+                full[ja] = sc[jb]
+                out.scores.setdefault(b.method, []).append(full[idx])
+                pooled = pool_activations(sc[:, None], pooling, topk=topk, quantile=quantile)[0]
+                out.slide_scores.setdefault(b.method, []).append(float(pooled))
     return out
+
+
+def _mil_scores(path: Path, coords: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-patch MIL scores matched to ``coords`` (NaN where absent) and their max."""
+    full = np.full(len(coords), np.nan)
+    if not path.is_file():
+        return full, math.nan
+    bcoords, bscores = read_patch_scores(path)
+    ja, jb = match_coords(coords, bcoords)
+    full[ja] = bscores[jb]
+    return full, (float(bscores.max()) if bscores.size else math.nan)
+
+
+def _raw_match(raw, coords: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if raw.coords is None:
+        if len(raw.features) != len(coords):
+            raise InputFileError(path, "has no coords and not one row per SAE-code row", "use h5 input features (they keep coords)")
+        ar = np.arange(len(coords))
+        return ar, ar
+    return match_coords(coords, raw.coords)
+
+
+def mil_method_name(folder: str | os.PathLike) -> str:
+    """Method name of a MIL experiment folder's per-patch scores:
+    ``abmil_attention`` (ABMIL), ``maxmil_scores`` (MaxMIL), else ``<exp>_scores``."""
+    name = Path(folder).name.lower()
+    if "abmil" in name:
+        return "abmil_attention"
+    if "maxmil" in name and "sae" not in name:
+        return "maxmil_scores"
+    return f"{Path(folder).name}_scores"
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -254,7 +300,7 @@ def evaluate_patches(
     threshold: float | None = None,
     dataset_csv: str | os.PathLike | None = None,
     label_column: str = "label",
-    mil_dir: str | os.PathLike | None = None,
+    mil_dir=None,
     fold: int | None = None,
     pooling: str = "max",
     topk: int = 10,
@@ -262,15 +308,29 @@ def evaluate_patches(
     file_type: str | None = None,
     allow_missing: bool = False,
     plots: bool = True,
+    input_feature_dir: str | os.PathLike | None = None,
+    baselines: Sequence[str] | None = None,
+    sae_checkpoint: str | os.PathLike | None = None,
+    baseline_seed: int = 0,
+    n_components: int = 32,
 ) -> dict:
     """Evaluate the chosen neuron (default: rank 1) and the top-N neurons on the
     split's test slides, with thresholds chosen on its val slides.
 
-    Writes ``<output_dir>/<exp_id>/evaluation/patch_metrics.csv`` and ``.json``
-    plus ROC and PR curve PNGs; returns the JSON content. A neuron whose
+    Writes ``<output_dir>/<exp_id>/evaluation/patch_metrics.csv`` (one row per
+    method; columns ``method``, ``oracle``, ...) and ``.json`` plus ROC and PR
+    curve PNGs of every method; returns the JSON content. A neuron whose
     ranking direction is ``normal`` (fires on normal tissue) is scored by its
-    negated activation (its threshold is on that negated scale). ``mil_dir`` (``<results_dir_base>/mil/<exp>``) adds the
-    ABMIL baseline from ``fold_<k>/patch_scores/<slide>.h5`` when present.
+    negated activation (its threshold is on that negated scale).
+
+    Baselines, all scored on the same patches with the same metrics:
+    ``mil_dir`` (one ``<results_dir_base>/mil/<exp>`` folder or a list) adds
+    each MIL run's per-patch scores from ``fold_<k>/patch_scores/<slide>.h5``
+    (``abmil_attention``, ``maxmil_scores``); ``input_feature_dir`` (the
+    features the SAE was trained on) adds the feature baselines of
+    :mod:`sae1n.neurons.baselines` (``raw_dim``, ``pca``, ``random_sae``,
+    ``linear_probe``; pick with ``baselines``), chosen on the train slides
+    exactly as the neuron is, except the ``linear_probe`` oracle.
     """
     check_pooling(pooling, topk, quantile)
     if top_n < 0:
@@ -315,13 +375,25 @@ def evaluate_patches(
             split_csv_path, "the test column is empty", "pass a split with test slides"
         )
     k = _fold_of(split_csv_path) if fold is None else int(fold)
-    baseline_dir = None
-    if mil_dir is not None:
-        cand = Path(mil_dir) / f"fold_{k}" / "patch_scores"
+    mil_dirs: dict[str, Path] = {}
+    for d in [] if mil_dir is None else ([mil_dir] if isinstance(mil_dir, str | os.PathLike) else list(mil_dir)):
+        cand = Path(d) / f"fold_{k}" / "patch_scores"
         if cand.is_dir():
-            baseline_dir = cand
+            mil_dirs[mil_method_name(d)] = cand
         else:
-            log.warning("no ABMIL patch scores at %s; baseline skipped", cand)
+            log.warning("no MIL patch scores at %s; baseline skipped", cand)
+    raw_files, fitted, baseline_info = None, [], {}
+    if input_feature_dir is not None:
+        raw_files = feature_paths(input_feature_dir)
+        fitted = _fit_feature_baselines(
+            split_csv_path, raw_files, files, feature_dir, label_dir, threshold, slide_labels,
+            methods=FEATURE_BASELINES if baselines is None else tuple(baselines),
+            sae_checkpoint=sae_checkpoint, seed=baseline_seed, n_components=n_components,
+            pooling=pooling, topk=topk, quantile=quantile, allow_missing=allow_missing,
+        )
+        baseline_info = {b.method: _clean(b.detail) for b in fitted}
+    elif baselines:
+        raise ConfigError("the feature baselines need --input_feature_dir (the features the SAE was trained on)")
     common = dict(
         files=files,
         units=units,
@@ -329,11 +401,13 @@ def evaluate_patches(
         label_dir=label_dir,
         threshold=threshold,
         slide_labels=slide_labels,
-        baseline_dir=baseline_dir,
+        mil_dirs=mil_dirs,
         pooling=pooling,
         topk=topk,
         quantile=quantile,
         allow_missing=allow_missing,
+        raw_files=raw_files,
+        baselines=fitted,
     )
     test_scores = _collect("test", test, **common)
     val_scores = _collect("val", val, **common) if val else SplitScores()
@@ -342,20 +416,26 @@ def evaluate_patches(
 
     rows = []
     curves = {}
-    methods = [f"unit_{u}" for u in units] + (["abmil_attention"] if baseline_dir else [])
+    extra = list(mil_dirs) + [b.method for b in fitted]
+    oracle = {b.method: b.oracle for b in fitted}
+    methods = [f"unit_{u}" for u in units] + extra
     for m in methods:
         row = _evaluate_method(m, test_scores, val_scores)
-        if m == "abmil_attention":
-            row.update(method="abmil_attention", unit_id=None, rank=None, direction=None)
+        if m in extra:
+            row.update(method=m, unit_id=None, rank=None, direction=None)
+            det = baseline_info.get(m, {})
+            row["detail"] = ";".join(f"{a}={v:.4g}" if isinstance(v, float) else f"{a}={v}" for a, v in det.items())
         else:
             u = int(m.split("_")[1])
-            row.update(method="sae_neuron", unit_id=u, rank=rank_of[u], direction=direction[u])
+            row.update(method="sae_neuron", unit_id=u, rank=rank_of[u], direction=direction[u], detail="")
         row["chosen"] = m == f"unit_{chosen}"
+        row["oracle"] = bool(oracle.get(m, False))
         rows.append(row)
-        if m == f"unit_{chosen}" or m == "abmil_attention":
+        if m == f"unit_{chosen}" or m in extra:
             curves[m] = _curve_data(test_scores, m)
     cols = [
         "method",
+        "oracle",
         "unit_id",
         "rank",
         "direction",
@@ -373,6 +453,7 @@ def evaluate_patches(
         "n_slides",
         "n_val_patches",
         "n_val_positive",
+        "detail",
     ]
     table = pd.DataFrame(rows)[cols]
     eval_dir = Path(output_dir) / exp_id / "evaluation"
@@ -383,6 +464,7 @@ def evaluate_patches(
         "chosen": _clean(next(r for r in rows if r["chosen"])),
         "top_n": [_clean(r) for r in rows if r["method"] == "sae_neuron"],
         "baseline": next((_clean(r) for r in rows if r["method"] == "abmil_attention"), None),
+        "baselines": [_clean(r) for r in rows if r["method"] in extra],
         "settings": {
             "split_csv_path": str(split_csv_path),
             "feature_dir": str(feature_dir),
@@ -391,7 +473,10 @@ def evaluate_patches(
             "threshold": threshold,
             "pooling": pooling,
             "fold": k,
-            "mil_patch_scores": str(baseline_dir) if baseline_dir else None,
+            "mil_patch_scores": {m: str(d) for m, d in mil_dirs.items()},
+            "input_feature_dir": None if input_feature_dir is None else str(input_feature_dir),
+            "baseline_seed": baseline_seed,
+            "n_components": n_components,
             "n_test_slides": len(test_scores.slide_ids),
             "n_val_slides": len(val_scores.slide_ids),
             "n_unmatched_test_patches": int(test_scores.n_unmatched),
@@ -401,12 +486,95 @@ def evaluate_patches(
     if plots:
         from sae1n.viz.curves import plot_pr_curves, plot_roc_curves
 
-        names = {m: _label_for(m, rank_of, direction) for m in curves}
+        names = {m: _label_for(m, rank_of, direction, oracle) for m in curves}
         plot_roc_curves({names[m]: c for m, c in curves.items()}, eval_dir / ROC_PNG)
         plot_pr_curves({names[m]: c for m, c in curves.items()}, eval_dir / PR_PNG)
         result["files"].update(roc=ROC_PNG, pr=PR_PNG)
     atomic_write_json(eval_dir / METRICS_JSON, result)
+    prov = Provenance.make(
+        "patch_metrics",
+        1,
+        settings={k2: v for k2, v in result["settings"].items() if not k2.startswith("n_")} | {"chosen_unit": chosen, "top_n": top_n, "baselines": [b.method for b in fitted]},
+        inputs={"split_csv": Path(split_csv_path), "ranking_csv": ranking_path if ranking is not None else None},
+    )
+    for name in result["files"].values():
+        write_sidecar(eval_dir / name, prov)
+    write_sidecar(eval_dir / METRICS_JSON, prov)
     return result
+
+
+def _fit_feature_baselines(
+    split_csv_path, raw_files, code_files_, feature_dir, label_dir, threshold, slide_labels, *,
+    methods, sae_checkpoint, seed, n_components, pooling, topk, quantile, allow_missing,
+):
+    """Fit the feature baselines on the split's train slides (input features,
+    slide labels; patch labels for the oracle only)."""
+    train = read_split_slides(split_csv_path, "train")
+    feats, labels, patch_labels = {}, {}, {}
+    for sid in train:
+        if sid not in raw_files:
+            if allow_missing:
+                continue
+            raise InputFileError(
+                split_csv_path,
+                f"train slide {sid} has no input features",
+                "pass the --input_feature_dir the SAE was trained on, or --allow_missing",
+            )
+        bag = read_bag(raw_files[sid])
+        known = None if slide_labels is None else slide_labels.get(sid)
+        coords = bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2), np.int64)
+        got = None
+        if bag.coords is not None and ((label_dir / f"{sid}.h5").is_file() or known is not None):
+            got = _slide_patch_labels(sid, coords, label_dir, threshold, known, True)
+        feats[sid] = bag.features
+        if got is not None:
+            patch_labels[sid] = (got[0], got[1])  # rows with a label, their labels
+        if known is not None:
+            labels[sid] = int(known)
+        elif got is not None:
+            labels[sid] = int(got[1].any())
+    if not labels:
+        raise InputFileError(
+            split_csv_path, "no train slide has a label", "pass --dataset_csv with slide labels"
+        )
+    sae_config = None
+    if "random_sae" in methods:
+        sae_config = _sae_config_of(sae_checkpoint, feature_dir, code_files_)
+    return fit_baselines(
+        feats,
+        labels,
+        patch_labels=patch_labels,
+        methods=methods,
+        sae_config=sae_config,
+        n_components=n_components,
+        seed=seed,
+        pooling=pooling,
+        topk=topk,
+        quantile=quantile,
+    )
+
+
+def _sae_config_of(sae_checkpoint, feature_dir, code_files_):
+    """The trained SAE's config: from ``sae_checkpoint``, else the checkpoint the
+    codes were encoded with (``encoding.json`` / the code files' attrs)."""
+    import json
+
+    from sae1n.sae import load_sae
+
+    ckpt = sae_checkpoint
+    if ckpt is None:
+        root = Path(feature_dir)
+        for cand in (root / "encoding.json", root.parent / "encoding.json"):
+            if cand.is_file():
+                ckpt = json.loads(cand.read_text()).get("checkpoint")
+                break
+    if ckpt is None:
+        _, _, attrs = read_codes(next(iter(code_files_.values())))
+        ckpt = attrs.get("sae_checkpoint")
+    if ckpt is None or not Path(str(ckpt)).exists():
+        log.warning("no SAE checkpoint found for the random_sae baseline (pass --sae_checkpoint); skipped")
+        return None
+    return load_sae(ckpt, device="cpu").cfg
 
 
 def _rank_and_direction(ranking: pd.DataFrame | None, unit: int) -> tuple[int | None, str]:
@@ -458,9 +626,11 @@ def _curve_data(test: SplitScores, m: str) -> tuple[np.ndarray, np.ndarray]:
     return y[keep], s[keep]
 
 
-def _label_for(m: str, rank_of: dict, direction: dict) -> str:
+def _label_for(m: str, rank_of: dict, direction: dict, oracle: dict | None = None) -> str:
     if m == "abmil_attention":
         return "ABMIL attention"
+    if not m.startswith("unit_"):
+        return f"{m} (oracle: patch labels)" if (oracle or {}).get(m) else m
     u = int(m.split("_")[1])
     rank = f" (rank {rank_of[u]})" if rank_of.get(u) else ""
     neg = ", negated" if direction.get(u) == "normal" else ""
