@@ -135,6 +135,7 @@ AFTER_MIL = ["train_mil", "evaluate_patches", "heatmaps", "report"]
         ("splits.fold=1", ["train_sae", "save_sae_features", "analyze_sae", *AFTER_MIL]),
         ("encoder.checkpoint=w.pt", ALL[1:7] + AFTER_MIL),
         ("patching.patch_size=128", ALL),
+        ("compat=paper", ["train_sae", "save_sae_features", "analyze_sae", *AFTER_MIL]),
         ("encoder.batch_size=7", []),  # does not change any output
     ],
 )
@@ -189,3 +190,11 @@ def test_stages_subset_refuses_out_of_date_upstream(tmp_path):
     rest = _fake(tmp_path, ["mil.overrides=[optimizer.lr=0.01]"])
     rest.run(["report", "heatmap", "evaluate-patches"])
     assert rest.ran == ["evaluate_patches", "heatmaps", "report"]
+
+
+def test_compat_reaches_the_stages_that_have_a_paper_mode(tmp_path):
+    pipe = _fake(tmp_path, ["compat=paper"])
+    assert pipe.sae_config().compat == "paper"
+    assert "compat=paper" in pipe.mil_overrides("demo_maxmil")
+    with pytest.raises(ConfigError, match="compat must be default or paper"):
+        _fake(tmp_path, ["compat=papr"])
