@@ -34,7 +34,7 @@ import numpy as np
 
 def make_slide(path: Path, width: int, height: int, tile: int, seed: int = 0) -> None:
     """An H&E-like mosaic: pink stroma, white fat, purple nuclei."""
-    from sae1n.demo.synthetic import write_pyramidal_tiff
+    from sae1n.wsi.writers import write_pyramidal_tiff
 
     rng = np.random.default_rng(seed)
     cell = 64

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sae1n.demo.synthetic import write_pyramidal_tiff
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 SIZE = 768
 NAMES = ("normal_001", "tumor_001", "test_001")

@@ -12,7 +12,7 @@ import sys
 import pandas as pd
 import pytest
 
-from sae1n.demo.synthetic import write_pyramidal_tiff
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 from .staleness_data import tissue
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from sae1n.cli import main
-from sae1n.demo.synthetic import write_pyramidal_tiff
 from sae1n.io.provenance import read_provenance
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 from .staleness_data import make_cohort, snapshot, tissue
 

@@ -720,6 +720,9 @@ class Pipeline:
             fold=int(self.cfg.splits.fold),
             pooling=self.cfg.neurons.pooling,
         )
+        from sae1n.viz.evaluation import plot_patch_evaluation
+
+        plot_patch_evaluation(result)
         chosen = result["chosen"]
         return EvaluationInfo(
             unit=int(result["chosen_unit"]),

@@ -3,16 +3,11 @@ import numpy as np
 import pytest
 from skimage.color import rgb2hed
 
-from sae1n.demo.synthetic import (
-    CLASS_NAMES,
-    generate_slide,
-    render_slide,
-    write_asap_xml,
-    write_corrupt_slide,
-    write_pyramidal_tiff,
-)
+from sae1n.datasets.annotations import write_asap_xml
+from sae1n.demo.synthetic import CLASS_NAMES, generate_slide, render_slide, write_corrupt_slide
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.wsi.slide import open_slide
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 
 def _fill_mask(shape, polygons, scale):

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from sae1n.cli import main
-from sae1n.demo.synthetic import write_pyramidal_tiff
 from sae1n.io import read_bag
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 from .conftest import run_ranks, sae_config
 

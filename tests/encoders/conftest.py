@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sae1n.demo.synthetic import write_pyramidal_tiff
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 
 def disk_image(

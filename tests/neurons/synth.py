@@ -185,7 +185,7 @@ def slide_image(frac: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def write_slides(coh: Cohort, slide_ids: list[str]) -> Path:
     """Pyramidal TIFFs for some cohort slides (in <root>/slides/)."""
-    from sae1n.demo.synthetic import write_pyramidal_tiff
+    from sae1n.wsi.writers import write_pyramidal_tiff
 
     out = coh.root / "slides"
     for k, sid in enumerate(slide_ids):

@@ -12,6 +12,7 @@ from sae1n.neurons.baselines import fit_baselines
 from sae1n.neurons.evaluate import evaluate_patches
 from sae1n.neurons.ranking import analyze_sae
 from sae1n.sae import build_sae, save_sae
+from sae1n.viz.evaluation import plot_patch_evaluation
 from tests.neurons import synth
 
 D = 16
@@ -82,6 +83,8 @@ def test_planted_neuron_beats_every_baseline(cohort):
     # the oracle is labelled as such, and only it
     assert table.loc[table["oracle"], "method"].tolist() == ["linear_probe"]
     assert {"method", "oracle", "patch_auroc", "patch_ap", "f1", "slide_auroc"} <= set(table.columns)
+    assert not (ev / "roc_curve.png").exists()  # neurons return curve data; viz draws it
+    plot_patch_evaluation(res)
     assert (ev / "roc_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((ev / "patch_metrics.json").read_text())["baselines"][-1]["oracle"] is True
 

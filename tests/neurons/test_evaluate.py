@@ -6,8 +6,10 @@ import pytest
 
 from sae1n.cli import main
 from sae1n.errors import ConfigError, InputFileError
+from sae1n.io.provenance import read_provenance
 from sae1n.neurons.evaluate import best_f1_threshold, evaluate_patches, patch_metrics
 from sae1n.neurons.ranking import analyze_sae
+from sae1n.viz.evaluation import plot_patch_evaluation
 from tests.neurons import synth
 
 
@@ -49,8 +51,12 @@ def test_planted_neuron_selected_and_near_perfect(cohort):
         and "abmil_attention" in table["method"].tolist()
     )
     assert json.loads((ev / "patch_metrics.json").read_text())["chosen_unit"] == synth.TUMOR_UNIT
+    assert len(res["curves"]) == 2 and any("ABMIL" in name for name in res["curves"])
+    written = plot_patch_evaluation(res)
     for png in ("roc_curve.png", "pr_curve.png"):
         assert (ev / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert read_provenance(ev / png).matches(read_provenance(ev / "patch_metrics.csv"))
+    assert sorted(p.name for p in written.values()) == ["pr_curve.png", "roc_curve.png"]
 
 
 def test_random_neuron_is_near_chance(cohort, tmp_path):

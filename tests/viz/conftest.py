@@ -16,6 +16,7 @@ from tests.neurons import synth
 def experiment(tmp_path_factory):
     from sae1n.neurons.evaluate import evaluate_patches
     from sae1n.neurons.ranking import analyze_sae
+    from sae1n.viz.evaluation import plot_patch_evaluation
     from sae1n.viz.figures import neuron_figures
 
     root = tmp_path_factory.mktemp("viz")
@@ -23,7 +24,7 @@ def experiment(tmp_path_factory):
     out = root / "output" / "sae"
     exp = out / "exp0"
     analyze_sae("exp0", coh.split_csv, coh.enc_dir, coh.dataset_csv, out)
-    evaluate_patches(
+    evaluation = evaluate_patches(
         "exp0",
         coh.split_csv,
         coh.enc_dir,
@@ -33,6 +34,7 @@ def experiment(tmp_path_factory):
         mil_dir=coh.mil_dir,
         top_n=3,
     )
+    plot_patch_evaluation(evaluation)
     shown = coh.split["test"][:2]
     synth.write_slides(coh, shown + coh.split["test"][-1:])
     figs = neuron_figures(

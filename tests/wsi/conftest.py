@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sae1n.demo.synthetic import write_pyramidal_tiff
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 # Level-0 geometry of the generated tissue slide (2048 x 1536, 4 levels).
 WIDTH, HEIGHT = 2048, 1536

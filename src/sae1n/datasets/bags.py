@@ -475,7 +475,7 @@ def _write(out, paths, prov, x, bags, patches) -> None:
             grp["positive"].to_numpy(np.float32),
             0.5,
             size=(prov.settings["patch_size"],) * 2,
-            fingerprint=prov.fingerprint(),
+            provenance=prov,
         )
     atomic_write_csv(paths["dataset_csv"], bags)
     sets = {s: bags.loc[bags["split"] == s, "slide_id"].tolist() for s in SPLITS}

@@ -19,18 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from sae1n.datasets.annotations import AnnotationPolygon, write_asap_xml
 from sae1n.demo.synthetic import (
     DEFAULT_MAGNIFICATION,
     DEFAULT_MPP,
     DEFAULT_SIZE,
-    AnnotationPolygon,
     SlideInfo,
     generate_slide,
-    write_asap_xml,
-    write_pyramidal_tiff,
 )
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io.atomic import atomic_write_csv, atomic_write_json
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 MANIFEST = "cohort.json"
 REFERENCE_COLUMNS = ("slide_name", "is_tumor", "category_1", "category_2", "truth")

@@ -1,5 +1,8 @@
 """Generated H&E-like whole-slide images for the demo and for other stages' tests.
 
+This module only paints: the files are written by :mod:`sae1n.wsi.writers`
+(pyramidal TIFF) and :mod:`sae1n.datasets.annotations` (ASAP XML).
+
 Slides are painted in optical-density space (Beer-Lambert): a haematoxylin and an
 eosin concentration map are mixed with fixed stain vectors and turned into RGB,
 so colour deconvolution of a generated slide recovers roughly what was painted.
@@ -19,14 +22,15 @@ seed gives the same pixels and the same bytes on disk.
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sae1n.datasets.annotations import AnnotationPolygon, write_asap_xml
 from sae1n.errors import ConfigError
-from sae1n.io.atomic import atomic_path, atomic_write_bytes
+from sae1n.io.atomic import atomic_write_bytes
+from sae1n.wsi.writers import write_pyramidal_tiff
 
 DEFAULT_SIZE = (4096, 4096)
 DEFAULT_MPP = 0.5
@@ -50,20 +54,6 @@ _E_STEPS_PER_UNIT = 128.0
 _CLASS_H = np.array([0.0, 0.05, 0.16, 0.14, 0.04, 0.16], np.float32)
 _CLASS_E = np.array([0.0, 0.18, 0.30, 0.30, 0.55, 0.42], np.float32)
 _FIBRE_E = 0.9  # extra eosin at the brightest collagen fibres (squared profile)
-_ANNOTATION_COLORS = {"_0": "#F4FA58", "_1": "#F4FA58", "_2": "#64FE2E"}
-
-
-@dataclass(frozen=True)
-class AnnotationPolygon:
-    """One ASAP polygon in level-0 pixels. Groups ``_0``/``_1`` are tumour,
-    ``_2`` an exclusion cut out of the tumour (CAMELYON16 convention)."""
-
-    vertices: np.ndarray  # (V, 2) float64, (x, y)
-    group: str = "_0"
-
-    @property
-    def is_exclusion(self) -> bool:
-        return self.group == "_2"
 
 
 @dataclass
@@ -115,112 +105,6 @@ class SlideInfo:
 
 
 # --------------------------------------------------------------------------- TIFF writer
-def write_pyramidal_tiff(
-    path: str | os.PathLike,
-    image: np.ndarray,
-    *,
-    mpp: float | None = 0.5,
-    magnification: float | None = 20.0,
-    levels: int = 3,
-    tile: int = 256,
-    compression: str = "jpeg",
-    quality: int = 90,
-) -> Path:
-    """Write an RGB uint8 image as a tiled pyramidal TIFF (each level 2x smaller)
-    that both OpenSlide and tiffslide open, with mpp and magnification set in an
-    Aperio-style description (and resolution tags). Written atomically."""
-    import cv2
-    import tifffile
-
-    path = Path(path)
-    image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
-    h, w = image.shape[:2]
-    desc = f"Aperio Image Library sae1n-synthetic\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"
-    if mpp:
-        desc += f"|MPP = {mpp}"
-    if magnification:
-        desc += f"|AppMag = {magnification:g}"
-    comp = ("jpeg", {"level": quality}) if compression == "jpeg" else (compression, None)
-    res = {}
-    if mpp:
-        res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
-    # Aperio SVS layout, which OpenSlide and tifffile/tiffslide both read as a
-    # pyramid: tiled level 0, a stripped thumbnail page, then tiled reductions.
-    # INTER_AREA averages each 2x2 block: a proper reduction, and fast.
-    pyramid = [image]
-    while len(pyramid) < levels:
-        ph, pw = pyramid[-1].shape[:2]
-        if ph < 32 or pw < 32:
-            break
-        pyramid.append(
-            cv2.resize(
-                pyramid[-1], (max(1, pw // 2), max(1, ph // 2)), interpolation=cv2.INTER_AREA
-            )
-        )
-    thumb = cv2.resize(
-        pyramid[-1],
-        (max(1, w * 256 // max(w, h)), max(1, h * 256 // max(w, h))),
-        interpolation=cv2.INTER_AREA,
-    )
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tif:
-        for lvl, level_img in enumerate(pyramid):
-            kw = {}
-            if res:
-                kw = {
-                    "resolution": (res["resolution"][0] / 2**lvl, res["resolution"][1] / 2**lvl),
-                    "resolutionunit": res["resolutionunit"],
-                }
-            tif.write(
-                level_img,
-                tile=(tile, tile),
-                photometric="rgb",
-                compression=comp[0],
-                compressionargs=comp[1],
-                description=desc
-                if lvl == 0
-                else desc.replace(f"{w}x{h} [", f"{level_img.shape[1]}x{level_img.shape[0]} -> ["),
-                metadata=None,
-                **kw,
-            )
-            if lvl == 0:
-                tif.write(
-                    thumb,
-                    photometric="rgb",
-                    compression=comp[0],
-                    compressionargs=comp[1],
-                    description=desc,
-                    metadata=None,
-                )
-    return path
-
-
-# --------------------------------------------------------------------------- ASAP XML
-def write_asap_xml(path: str | os.PathLike, polygons: list[AnnotationPolygon]) -> Path:
-    """Write polygons as a CAMELYON16-style ASAP XML (groups ``_0``, ``_1``, ``_2``),
-    level-0 pixel coordinates. Written atomically."""
-    root = ET.Element("ASAP_Annotations")
-    annotations = ET.SubElement(root, "Annotations")
-    for i, poly in enumerate(polygons):
-        ann = ET.SubElement(
-            annotations,
-            "Annotation",
-            Name=f"Annotation {i}",
-            Type="Polygon",
-            PartOfGroup=poly.group,
-            Color=_ANNOTATION_COLORS.get(poly.group, "#F4FA58"),
-        )
-        coords = ET.SubElement(ann, "Coordinates")
-        for order, (x, y) in enumerate(np.asarray(poly.vertices, dtype=float)):
-            ET.SubElement(coords, "Coordinate", Order=str(order), X=f"{x:.1f}", Y=f"{y:.1f}")
-    groups = ET.SubElement(root, "AnnotationGroups")
-    for name in ("_0", "_1", "_2"):
-        grp = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color="#FF0000")
-        ET.SubElement(grp, "Attributes")
-    ET.indent(root, space="\t")
-    data = b'<?xml version="1.0"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
-    return atomic_write_bytes(path, data)
-
-
 # --------------------------------------------------------------------------- rendering
 def render_slide(
     size: tuple[int, int] = DEFAULT_SIZE,
@@ -790,12 +674,3 @@ def write_corrupt_slide(path: str | os.PathLike, *, keep_bytes: int = 200, seed:
         full = write_pyramidal_tiff(Path(tmp) / "full.tif", rgb)
         data = full.read_bytes()
     return atomic_write_bytes(path, data[:keep_bytes])
-
-
-def __getattr__(name: str):
-    # generate_cohort lives in sae1n.demo.cohort; re-exported lazily (no cycle)
-    if name in ("generate_cohort", "CohortInfo"):
-        from sae1n.demo import cohort
-
-        return getattr(cohort, name)
-    raise AttributeError(name)

@@ -11,7 +11,7 @@ function) may only point to the same layer or a lower one::
     5  mil
     6  viz, browse
     7  pipeline, demo
-    8  cli, __main__
+    8  cli, __main__, and every stage's ``commands`` module (the CLI, split by stage)
 
 ``python -m sae1n.devtools.layers`` prints the layer of each module, every
 import that points up, every import cycle between modules and every pair of
@@ -91,6 +91,8 @@ def layer_of(module: str) -> int | None:
             return MODULE_LAYERS[name]
     if len(parts) == 1:
         return 0
+    if parts[-1] == "commands" and len(parts) > 2:
+        return LAYERS["cli"]  # a stage's subcommands are the CLI, split by stage
     return LAYERS.get(parts[1])
 
 
@@ -198,9 +200,16 @@ def package_cycles(root: Path = PACKAGE_ROOT) -> list[tuple[str, str]]:
     def top(m: str) -> str:
         return ".".join(m.split(".")[:2])
 
+    def cli(m: str) -> bool:
+        return m.endswith(".commands")
+
     deps: dict[str, set[str]] = {}
     for module, targets in import_graph(root).items():
-        deps.setdefault(top(module), set()).update(top(t) for t in targets if top(t) != top(module))
+        if cli(module):
+            continue
+        deps.setdefault(top(module), set()).update(
+            top(t) for t in targets if top(t) != top(module) and not cli(t)
+        )
     return sorted(
         (a, b) for a in deps for b in deps[a] if a < b and a in deps.get(b, set())
     )

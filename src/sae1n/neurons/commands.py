@@ -234,6 +234,9 @@ def run_evaluate_patches(args) -> int:
         n_components=args.n_components,
         baseline_seed=args.baseline_seed,
     )
+    from sae1n.viz.evaluation import plot_patch_evaluation
+
+    plot_patch_evaluation(res)
     c = res["chosen"]
 
     def f(v):

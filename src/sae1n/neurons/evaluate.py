@@ -318,8 +318,10 @@ def evaluate_patches(
     split's test slides, with thresholds chosen on its val slides.
 
     Writes ``<output_dir>/<exp_id>/evaluation/patch_metrics.csv`` (one row per
-    method; columns ``method``, ``oracle``, ...) and ``.json`` plus ROC and PR
-    curve PNGs of every method; returns the JSON content. A neuron whose
+    method; columns ``method``, ``oracle``, ...) and ``.json``; returns the JSON
+    content plus ``curves`` (legend name -> (labels, scores) of every method),
+    which :func:`sae1n.viz.evaluation.plot_patch_evaluation` draws as the ROC
+    and PR figures (``plots=False``: the JSON lists no figures). A neuron whose
     ranking direction is ``normal`` (fires on normal tissue) is scored by its
     negated activation (its threshold is on that negated scale).
 
@@ -483,12 +485,7 @@ def evaluate_patches(
         },
         "files": {"csv": METRICS_CSV},
     }
-    if plots:
-        from sae1n.viz.curves import plot_pr_curves, plot_roc_curves
-
-        names = {m: _label_for(m, rank_of, direction, oracle) for m in curves}
-        plot_roc_curves({names[m]: c for m, c in curves.items()}, eval_dir / ROC_PNG)
-        plot_pr_curves({names[m]: c for m, c in curves.items()}, eval_dir / PR_PNG)
+    if plots:  # drawn by sae1n.viz.evaluation.plot_patch_evaluation (neurons do not draw)
         result["files"].update(roc=ROC_PNG, pr=PR_PNG)
     atomic_write_json(eval_dir / METRICS_JSON, result)
     prov = Provenance.make(
@@ -497,9 +494,11 @@ def evaluate_patches(
         settings={k2: v for k2, v in result["settings"].items() if not k2.startswith("n_")} | {"chosen_unit": chosen, "top_n": top_n, "baselines": [b.method for b in fitted]},
         inputs={"split_csv": Path(split_csv_path), "ranking_csv": ranking_path if ranking is not None else None},
     )
-    for name in result["files"].values():
+    for name in (METRICS_CSV, METRICS_JSON):
         write_sidecar(eval_dir / name, prov)
-    write_sidecar(eval_dir / METRICS_JSON, prov)
+    # curve data for the figures (not part of the JSON): legend name -> (labels, scores)
+    result["curves"] = {_label_for(m, rank_of, direction, oracle): c for m, c in curves.items()}
+    result["eval_dir"] = str(eval_dir)
     return result
 
 
