@@ -47,12 +47,11 @@ LAYERS: dict[str, int] = {
     "cli": 8,
     "__main__": 8,
 }
-# Modules that live in a package but belong to another layer (the distributed
-# helpers live with what they distribute).
+# Modules that live in a package but belong to another layer: the process-group
+# helpers are plumbing under every stage (what they distribute lives with the
+# stage: sae.distributed, encoders.sharding).
 MODULE_LAYERS: dict[str, int] = {
     "sae1n.distributed": 0,
-    "sae1n.distributed.sae": 3,
-    "sae1n.distributed.jobs": 3,
 }
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 

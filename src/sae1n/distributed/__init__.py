@@ -18,7 +18,7 @@ Public API::
 
 The SAE side (gradient all-reduce, rank-global BatchTopK and dead-latent
 statistics) is :mod:`sae1n.distributed.sae`; slide-sharded extraction is
-:func:`sae1n.distributed.jobs.extract_features_sharded`.
+:func:`sae1n.encoders.sharding.extract_features_sharded`.
 """
 
 from __future__ import annotations

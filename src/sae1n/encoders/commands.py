@@ -97,7 +97,7 @@ def configure_extract_features(p: argparse.ArgumentParser) -> None:
 
 def run_extract_features(args) -> int:
     from sae1n.distributed import env_info
-    from sae1n.distributed.jobs import extract_features_sharded
+    from sae1n.encoders.sharding import extract_features_sharded
     from sae1n.errors import ConfigError
 
     if args.list_models:

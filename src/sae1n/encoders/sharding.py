@@ -1,4 +1,4 @@
-"""Slide-sharded stages under ``torchrun``: every process takes
+"""Slide-sharded extraction under ``torchrun``: every process takes
 ``sorted(slides)[rank::world_size]`` (the same split on any node), writes
 its slides atomically, and a final step checks that the ranks together
 covered every slide exactly once.
