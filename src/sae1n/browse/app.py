@@ -363,7 +363,8 @@ def create_app(exp: Experiment, *, allowed_hosts: list[str] | None = None, warm_
 
     def colormap(request):
         lut = state._luts[request.path_params["name"]]
-        return JSONResponse(["#%02x%02x%02x" % tuple(int(c) for c in row[:3]) for row in lut[::8]] + ["#%02x%02x%02x" % tuple(int(c) for c in lut[-1][:3])])
+        rows = [*lut[::8], lut[-1]]
+        return JSONResponse(["#" + "".join(f"{int(c):02x}" for c in row[:3]) for row in rows])
 
     def ranking(request):
         rows = exp.ranking()
@@ -513,6 +514,34 @@ def serve(
     )
     echo(f"open http://{shown}:{port}/ in a browser (Ctrl-C stops the server)")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    server.run()  # uvicorn handles SIGINT/SIGTERM: finishes requests, then returns
+    _QuietServer(config).run()  # Ctrl-C / SIGTERM: finish open requests, then return
     echo("sae1n browse: stopped")
+
+
+def _quiet_server_class():
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn's server, stopping on SIGINT/SIGTERM without re-raising the signal
+        afterwards (so Ctrl-C ends ``sae1n browse`` with status 0, not a KeyboardInterrupt)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+    return QuietServer
+
+
+def _QuietServer(config):
+    return _quiet_server_class()(config)
