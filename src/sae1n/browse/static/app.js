@@ -48,7 +48,7 @@
     base = L.tileLayer(`/tiles/${encodeURIComponent(sid)}/{z}/{x}/{y}.jpg`, {...opts, zIndex: 1}).addTo(map);
     outlines = L.layerGroup(i.outlines.map((ring) =>
       L.polygon(ring.map((p) => toLatLng(p[0], p[1])), {color: "#00b3ff", weight: 2, fill: false, interactive: false})));
-    map.fitBounds(bounds);
+    map.fitBounds(bounds, {animate: false});
     S.fitZoom = map.getZoom();
     $("show-attention").disabled = !i.has_attention;
     $("show-labels").disabled = !i.has_labels;
@@ -185,6 +185,7 @@
     const size = ps || S.info.patch_size;
     map.setView(toLatLng(x + size / 2, y + size / 2), S.info.max_level, {animate: false});
     await inspect(x + size / 2, y + size / 2);
+    S.landed = `${sid}:${x}:${y}`;
   }
 
   // ------------------------------------------------------------------ patches
