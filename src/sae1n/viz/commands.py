@@ -69,7 +69,12 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         default=None,
         help="where heatmaps/, geojson/, galleries/ go (default: <exp_dir>/figures)",
     )
-    option(p, "--cmap", default="jet", help="matplotlib colour map")
+    option(
+        p,
+        "--cmap",
+        default="viridis",
+        help="matplotlib colour map (default viridis, perceptually uniform; jet is still available)",
+    )
     option(p, "--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
     option(
         p,
@@ -94,7 +99,12 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also export QuPath GeoJSON of the patch activations",
     )
-    option(p, "--overwrite", action="store_true", help="redraw pictures that already exist")
+    option(
+        p,
+        "--overwrite",
+        action="store_true",
+        help="redraw pictures made for another neuron, split or setting (default: keep current ones, refuse stale ones)",
+    )
 
 
 def run_heatmap(args) -> int:
