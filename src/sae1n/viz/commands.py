@@ -174,6 +174,12 @@ def configure_report(p: argparse.ArgumentParser) -> None:
         default=None,
         help="prompt file, one per line (default: a pathology prompt list)",
     )
+    option(
+        p,
+        "--overwrite",
+        action="store_true",
+        help="rewrite a report made from other inputs (default: keep a current one, refuse a stale one)",
+    )
 
 
 def run_report(args) -> int:
@@ -193,6 +199,6 @@ def run_report(args) -> int:
         print(
             f"named the neurons with {args.encoder}'s text tower ({len(prompts)} prompts): {names}"
         )
-    path = report(args.exp_dir, args.out, title=args.title)
+    path = report(args.exp_dir, args.out, title=args.title, overwrite=args.overwrite or bool(args.encoder))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
     return 0
