@@ -524,7 +524,7 @@ class Pipeline:
     def _stage_report(self):
         from sae1n.viz.reporting import report
 
-        return {"report": str(report(self.paths.sae_dir))}
+        return {"report": str(report(self.paths.sae_dir, overwrite=True))}
 
 
 def _num(v):
