@@ -333,3 +333,25 @@ def test_browse_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for opt in ("EXP_DIR".lower(), "--slides", "--annotations", "--port", "--host", "loopback"):
         assert opt in out.lower()
+
+
+def test_serve_warns_when_not_loopback(demo_exp, monkeypatch):
+    import sae1n.browse.app as app_mod
+
+    started = []
+
+    class Dummy:
+        def __init__(self, config):
+            started.append((config.host, config.port))
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(app_mod, "_QuietServer", Dummy)
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        lines: list[str] = []
+        app_mod.serve(demo_exp.exp, slides_dir=demo_exp.slides, host=host, port=9, echo=lines.append)
+        text = "\n".join(lines)
+        assert f"http://{host}:9/" in text and "stopped" in text
+        assert ("WARNING" in text and "not a loopback address" in text) == warned
+    assert started == [("127.0.0.1", 9), ("0.0.0.0", 9)]

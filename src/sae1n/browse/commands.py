@@ -12,6 +12,7 @@ def configure_browse(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "exp_dir",
         type=Path,
+        metavar="EXP_DIR",
         help="the SAE experiment folder, output/sae/<exp> (analysis/, encoded_features/, evaluation/)",
     )
     option(
@@ -35,7 +36,7 @@ def configure_browse(p: argparse.ArgumentParser) -> None:
         p,
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default: 127.0.0.1, this machine only; any other address "
+        help="address to listen on (default: 127.0.0.1, the loopback address: this machine only; any other address "
         "lets others on the network see the slides and edit the notes, and prints a warning)",
     )
 
