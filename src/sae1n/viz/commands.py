@@ -199,6 +199,13 @@ def run_report(args) -> int:
         print(
             f"named the neurons with {args.encoder}'s text tower ({len(prompts)} prompts): {names}"
         )
+    from sae1n.viz.reporting import REPORT_HTML
+
+    target = Path(args.out) if args.out else Path(args.exp_dir) / REPORT_HTML
+    before = target.stat().st_mtime_ns if target.is_file() else None
     path = report(args.exp_dir, args.out, title=args.title, overwrite=args.overwrite or bool(args.encoder))
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+    if before is not None and path.stat().st_mtime_ns == before:
+        print(f"{path} is current (same inputs and settings); kept")
+    else:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
     return 0
