@@ -12,7 +12,7 @@ and the time to open an experiment of 400 slides.
   *Cold* = first request of each URL (nothing in the server's tile cache; the
   overlay's first tile also reads the slide's codes); *warm* = the same URLs again.
 * Open time for 400 slides = ``Experiment(...)`` + app creation + the page's first
-  requests (experiment, slide info, one tile), measured in this process; the
+  requests (experiment, ranking table, slide info, one tile), measured in this process; the
   background neuron index (one pass over every code file) is timed separately.
 
 Run:  python benchmarks/bench_browse.py [--workdir /tmp/sae1n-bench-browse] [--size 60000]
@@ -199,6 +199,7 @@ def bench_open(exp: Path, slides: Path) -> dict:
     first = c.get("/api/experiment").json()["slides"][0]["slide_id"]
     info = c.get(f"/api/slide/{first}").json()
     assert c.get(f"/tiles/{first}/{info['max_level']}/0/0.jpg").status_code == 200
+    assert len(c.get("/api/ranking").json()) == DICT
     t_open = time.perf_counter() - t0
     t1 = time.perf_counter()
     e.index()

@@ -368,8 +368,8 @@ def create_app(exp: Experiment, *, allowed_hosts: list[str] | None = None, warm_
 
     def ranking(request):
         rows = exp.ranking()
-        idx = exp.index()
-        ff = idx["firing_frequency"]
+        idx = exp.index_if_ready()  # built in the background; the page asks again later
+        ff = idx["firing_frequency"] if idx is not None else []
         notes = state.notes.all()
         out = []
         for r in rows:

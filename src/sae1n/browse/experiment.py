@@ -448,6 +448,10 @@ class Experiment:
             }
             return self._index
 
+    def index_if_ready(self) -> dict | None:
+        """The neuron index when it has been built, else None (never blocks)."""
+        return self._index
+
     def neuron_summary(self, unit: int, top_n: int = 24) -> dict:
         """Per-slide max of ``unit`` with slide labels, and its ``top_n`` patches over all slides.
 

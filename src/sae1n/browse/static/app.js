@@ -178,6 +178,10 @@
       tr.addEventListener("click", () => loadSlide(s.slide_id));
     }
     S.ready = true;
+    if (S.rows.length && S.rows[0].firing_frequency === null) {  // the index is built now
+      S.rows = await json("/api/ranking");
+      renderRanking();
+    }
   }
 
   async function goTo(sid, x, y, ps) {
