@@ -111,8 +111,8 @@ def test_browser_end_to_end(server):
         )
         c = page.evaluate("sae1n.center()")
         assert c["slide"] == g["slide_id"] and c["zoom"] == page.evaluate("sae1n.state.info.max_level")
-        assert abs(c["x"] - (g["x"] + g["patch_size"] / 2)) <= 1
-        assert abs(c["y"] - (g["y"] + g["patch_size"] / 2)) <= 1
+        assert abs(c["x"] - (g["x"] + g["patch_size"] / 2)) <= 1, (c, g)
+        assert abs(c["y"] - (g["y"] + g["patch_size"] / 2)) <= 1, (c, g)
         page.wait_for_function("document.getElementById('patch-img') !== null", timeout=30000)
         assert f"({g['x']}, {g['y']})" in page.inner_text("#inspector")
 
@@ -121,6 +121,7 @@ def test_browser_end_to_end(server):
         page.check("#note-tags input[value='stroma']")
         page.click("#note-save")
         page.wait_for_function("document.getElementById('note-status').textContent.startsWith('saved')", timeout=30000)
+        page.wait_for_load_state("networkidle")
         page.reload()
         page.wait_for_function(ready % unit_a, timeout=40000)
         page.fill("#search", "spindle")

@@ -5,6 +5,12 @@
   const $ = (id) => document.getElementById(id);
   const S = {exp: null, slide: null, info: null, unit: null, neuron: null, cmap: "viridis",
              opacity: 0.6, thr: 0, rows: [], notes: {}, sort: {key: "rank", asc: true}, ready: false};
+  // requests cut short by a reload or navigation are not errors
+  let leaving = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
+  window.addEventListener("pagehide", () => { leaving = true; });
+  window.addEventListener("unhandledrejection", (ev) => { if (leaving) ev.preventDefault(); });
+  const report = (e) => { if (!leaving) console.error(e); };
   let map = null, base = null, ovNeuron = null, ovAtt = null, ovLab = null, outlines = null, marker = null;
 
   const api = async (url, opts) => {
@@ -76,7 +82,7 @@
     ovAtt = setLayer(ovAtt, $("show-attention").checked && S.info.has_attention, "attention", S.opacity);
     ovLab = setLayer(ovLab, $("show-labels").checked && S.info.has_labels, "labels", 1.0);
     if ($("show-outlines").checked) outlines.addTo(map); else map.removeLayer(outlines);
-    legend();
+    legend().catch(report);
   }
 
   async function legend() {
@@ -144,7 +150,7 @@
         td.textContent = fmt(v);
         if (k === "_name" || k === "direction") td.className = "l";
       }
-      tr.addEventListener("click", () => selectUnit(r.unit_id));
+      tr.addEventListener("click", () => selectUnit(r.unit_id).catch(report));
     }
     $("count").textContent = `${rows.length} of ${S.rows.length} neurons` + (rows.length > shown.length ? ` (first ${shown.length} shown)` : "");
   }
@@ -166,7 +172,7 @@
       const img = el("img", {src: `/patch/${encodeURIComponent(p.slide_id)}/${p.x}/${p.y}.jpg?size=96`,
                              alt: `${p.slide_id} (${p.x}, ${p.y})`, title: `${p.slide_id} (${p.x}, ${p.y}) = ${fmt(p.value)}`,
                              "data-slide": p.slide_id, "data-x": p.x, "data-y": p.y});
-      img.addEventListener("click", () => goTo(p.slide_id, p.x, p.y, p.patch_size));
+      img.addEventListener("click", () => goTo(p.slide_id, p.x, p.y, p.patch_size).catch(report));
       g.appendChild(img);
     }
     $("gallery-note").textContent = `(${n.gallery.length}, fires on ${(100 * n.firing_frequency).toFixed(1)}% of patches)`;
@@ -175,7 +181,7 @@
     for (const s of n.slides) {
       const tr = b.insertRow();
       [s.slide_id, s.label, s.split, fmt(s.max)].forEach((v, i) => { const td = tr.insertCell(); td.textContent = v; if (i < 3) td.className = "l"; });
-      tr.addEventListener("click", () => loadSlide(s.slide_id));
+      tr.addEventListener("click", () => loadSlide(s.slide_id).catch(report));
     }
     S.ready = true;
     if (S.rows.length && S.rows[0].firing_frequency === null) {  // the index is built now
@@ -213,7 +219,7 @@
       const a = el("a", {href: "#", "data-unit": t.unit}, `${t.unit} (${fmt(t.value)})`);
       const nm = S.notes[t.unit] && S.notes[t.unit].name;
       if (nm) a.title = nm;
-      a.addEventListener("click", (ev) => { ev.preventDefault(); selectUnit(t.unit); });
+      a.addEventListener("click", (ev) => { ev.preventDefault(); selectUnit(t.unit).catch(report); });
       u.appendChild(a);
     }
     box.appendChild(u);
@@ -261,7 +267,7 @@
   // ------------------------------------------------------------------ start
   async function start() {
     map = L.map("map", {crs: L.CRS.Simple, minZoom: 0, maxZoom: 20, zoomSnap: 1, attributionControl: false});
-    map.on("click", (e) => { if (S.info) { const p = toLevel0(e.latlng); inspect(p.x, p.y); } });
+    map.on("click", (e) => { if (S.info) { const p = toLevel0(e.latlng); inspect(p.x, p.y).catch(report); } });
     S.exp = await json("/api/experiment");
     $("title").textContent = `sae1n browse: ${S.exp.name}`;
     for (const c of S.exp.colormaps) $("cmap").appendChild(el("option", {value: c}, c));
@@ -282,12 +288,12 @@
     $("search").addEventListener("input", renderRanking);
     $("direction").addEventListener("change", renderRanking);
     $("named").addEventListener("change", renderRanking);
-    $("slide").addEventListener("change", () => loadSlide($("slide").value));
+    $("slide").addEventListener("change", () => loadSlide($("slide").value).catch(report));
     for (const id of ["show-neuron", "show-attention", "show-labels", "show-outlines"]) $(id).addEventListener("change", refreshOverlays);
     $("cmap").addEventListener("change", () => { S.cmap = $("cmap").value; refreshOverlays(); });
     $("opacity").addEventListener("input", () => { S.opacity = Number($("opacity").value); [ovNeuron, ovAtt].forEach((l) => l && l.setOpacity(S.opacity)); });
     $("thr").addEventListener("change", () => { S.thr = Number($("thr").value); refreshOverlays(); });
-    $("note").addEventListener("submit", saveNote);
+    $("note").addEventListener("submit", (ev) => saveNote(ev).catch(report));
     const hash = new URLSearchParams(location.hash.slice(1));
     const first = hash.get("slide") && S.exp.slides.some((s) => s.slide_id === hash.get("slide")) ? hash.get("slide") : S.exp.slides[0].slide_id;
     await loadSlide(first);
@@ -302,5 +308,5 @@
     center() { const c = toLevel0(map.getCenter()); return {x: c.x, y: c.y, zoom: map.getZoom(), slide: S.slide}; },
     goTo: goTo,
   };
-  start().catch((e) => { console.error(e); document.body.prepend(el("div", {class: "missing"}, String(e))); });
+  start().catch((e) => { if (!leaving) { console.error(e); document.body.prepend(el("div", {class: "missing"}, String(e))); } });
 })();
