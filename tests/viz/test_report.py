@@ -184,6 +184,7 @@ def test_report_leads_with_every_metrics_row_marks_oracles_and_finds_extras(expe
     pd.DataFrame({"seed": [0, 1, 2], "top_unit": [17, 17, 17], "patch_auroc": [0.98, 0.97, 0.99]}).to_csv(
         ev / "stability_summary.csv", index=False
     )
+    shutil.copy(ev / "pr_curve.png", exp / "analysis" / "stability_seeds.png")  # found in analysis/ too
     NotesStore(exp).save(17, {"name": "tumour nests", "tags": ["tumour"]})
     path = report(exp)
     text = path.read_text()
@@ -195,6 +196,7 @@ def test_report_leads_with_every_metrics_row_marks_oracles_and_finds_extras(expe
     assert metrics.count('class="oracle"') == 1 and "best_patch_auroc_neuron (oracle)" in metrics
     assert "linear_probe" in metrics and "abmil_attention" in metrics
     assert "roc all methods" in answer and "Stability (stability_summary.csv)" in answer
+    assert "stability seeds" in answer
     # the browser's names also appear in the ranking and the notes section
     assert "<h2>Neuron names (sae1n browse)</h2>" in text
     health = text[text.index("<h2>SAE health</h2>") : text.index("<h2>Neuron ranking</h2>")]

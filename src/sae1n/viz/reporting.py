@@ -195,13 +195,15 @@ def _section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[st
     elif res.get("baseline"):
         b = res["baseline"]
         parts.append("<h3>ABMIL attention baseline</h3>" + _kv_table({k: b.get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}))
-    for csv in sorted(ev.glob("*stability*.csv")) if ev.is_dir() else []:
+    stability = sorted(ev.glob("*stability*.csv")) + sorted((exp / "analysis").glob("*stability*.csv"))
+    for csv in stability:
         st = _read_csv(csv)
         if st is not None and len(st):
             parts.append(f"<h3>Stability ({html.escape(csv.name)})</h3>" + _table(st.head(50)))
     known = [(ROC_PNG, "ROC (test patches)"), (PR_PNG, "Precision-recall (test patches)")]
     figs = [_figure(ev / f, cap) for f, cap in known if (ev / f).is_file()]
     extra = sorted(p for p in ev.glob("*.png") if p.name not in {ROC_PNG, PR_PNG} and not p.name.startswith(".")) if ev.is_dir() else []
+    extra += sorted((exp / "analysis").glob("*stability*.png"))
     figs += [_figure(p, p.stem.replace("_", " ")) for p in extra]
     if figs:
         parts.append("<div>" + "".join(figs) + "</div>")
@@ -465,6 +467,7 @@ def report_inputs(exp: Path) -> dict:
     for sub, pat in (
         ("analysis", "*.csv"),
         ("analysis", "*.json"),
+        ("analysis", "*stability*.png"),
         ("evaluation", "*.csv"),
         ("evaluation", "*.json"),
         ("evaluation", "*.png"),
