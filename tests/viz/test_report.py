@@ -228,3 +228,11 @@ def test_report_shows_other_neurons_pictures_folded(experiment, tmp_path):
     folded = section[section.index("<details>") :]
     assert "someslide_unit3" in folded and "picture(s) of other neurons" in folded
     assert "_unit17" in section[: section.index("<details>")]
+
+
+def test_training_curves_show_losses_before_timing_columns():
+    from sae1n.viz.curves import _panel_priority, training_metric_columns
+
+    log = pd.DataFrame({"step": [1, 2], "elapsed_s": [1.0, 2.0], "tokens_per_s": [5.0, 6.0], "val_fvu": [0.5, 0.4], "train_loss": [1.0, 0.9], "val_dead_frac": [0.1, 0.1]})
+    _, metrics = training_metric_columns(log)
+    assert sorted(metrics, key=_panel_priority)[:3] == ["train_loss", "val_fvu", "val_dead_frac"]
