@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stability": ("sae1n.neurons.commands", "train the SAE with several seeds: is the chosen neuron as good, and the same direction?"),
     "heatmap": ("sae1n.viz.commands", "paint a neuron's (or attention) scores on the slide"),
     "report": ("sae1n.viz.commands", "self-contained HTML report of an SAE experiment"),
+    "browse": ("sae1n.browse.commands", "local web app: every neuron on zoomable slides, notes, QuPath export"),
     "train-mil": ("sae1n.mil.commands", "train MIL slide classifiers: exp=<name> key=value ..."),
     "demo": ("sae1n.demo.commands", "run the whole pipeline on generated slides"),
     "pipeline": ("sae1n.demo.commands", "run every stage on a cohort from one YAML config"),

@@ -770,7 +770,7 @@ class Pipeline:
     def _stage_report(self):
         from sae1n.viz.reporting import report
 
-        return ReportInfo(str(report(self.paths.sae_dir)))
+        return ReportInfo(str(report(self.paths.sae_dir, overwrite=True)))
 
 
 def _select(container: dict, key: str):

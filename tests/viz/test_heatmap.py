@@ -65,7 +65,9 @@ def test_heatmap_side_by_side_on_slide(experiment, tmp_path):
     sid = experiment.shown[0]
     slide = coh.slide_dir / f"{sid}.tif"
     act = coh.codes[sid][:, synth.TUMOR_UNIT]
-    single = heatmap(slide, PatchScores(coh.coords[sid], act, "neuron"), tmp_path / "one.png")
+    single = heatmap(
+        slide, PatchScores(coh.coords[sid], act, "neuron"), tmp_path / "one.png", cmap="jet"
+    )
     rng = np.random.default_rng(0)
     both = heatmap(
         slide,
@@ -76,13 +78,17 @@ def test_heatmap_side_by_side_on_slide(experiment, tmp_path):
         tmp_path / "two.png",
         annotation_coords=coh.coords[sid][coh.fraction[sid] >= 0.5],
         alpha=0.6,
+        cmap="jet",
     )
     one, two = np.asarray(Image.open(single)), np.asarray(Image.open(both))
     assert two.shape[1] > 1.7 * one.shape[1]
     assert _jet_red(one) > 100 and _jet_red(two) > 200
     # the CLI-made heatmap of the fixture exists and shows neuron and attention
     png = experiment.exp / "figures" / "heatmaps" / f"{sid}_unit{synth.TUMOR_UNIT}.png"
-    assert png in experiment.figures["heatmaps"] and _jet_red(np.asarray(Image.open(png))) > 200
+    # drawn with the default, perceptually uniform viridis: yellow tops, no jet red
+    img = np.asarray(Image.open(png))[..., :3].astype(int)
+    yellow = int(((img[..., 0] > 200) & (img[..., 1] > 180) & (img[..., 2] < 100)).sum())
+    assert png in experiment.figures["heatmaps"] and yellow > 100 and _jet_red(img) < 20
 
 
 def test_heatmap_input_errors(experiment, tmp_path):
@@ -146,3 +152,31 @@ def test_cli_heatmap_resumes(experiment, tmp_path, capsys):
         == 1
     )
     assert "--output_dir or --exp_dir" in capsys.readouterr().err
+
+
+def test_pictures_carry_provenance_and_stale_ones_are_refused(experiment, tmp_path, capsys):
+    from sae1n.io.provenance import read_provenance
+
+    coh = experiment.cohort
+    sid = coh.split["test"][0]
+    base = [
+        "heatmap", "--feature_dir", str(coh.enc_dir), "--data_slide_dir", str(coh.slide_dir),
+        "--slide_ids", sid, "--unit", str(synth.TUMOR_UNIT), "--output_dir", str(tmp_path),
+        "--gallery", "4",
+    ]
+    assert main(base) == 0
+    png = tmp_path / "heatmaps" / f"{sid}_unit{synth.TUMOR_UNIT}.png"
+    prov = read_provenance(png)
+    assert prov.kind == "heatmap" and prov.settings["unit"] == synth.TUMOR_UNIT
+    assert prov.settings["slide_id"] == sid and prov.settings["settings"]["cmap"] == "viridis"
+    assert read_provenance(tmp_path / "galleries" / f"unit{synth.TUMOR_UNIT}_top4.png").kind == "gallery"
+    first = png.stat().st_mtime_ns
+    assert main(base) == 0 and png.stat().st_mtime_ns == first  # current: kept
+    capsys.readouterr()
+    # another setting: refused, nothing redrawn, the difference named
+    assert main([*base, "--cmap", "jet"]) == 1
+    err = capsys.readouterr().err
+    assert "settings.settings.cmap" in err and "--overwrite" in err
+    assert png.stat().st_mtime_ns == first
+    assert main([*base, "--cmap", "jet", "--overwrite"]) == 0
+    assert read_provenance(png).settings["settings"]["cmap"] == "jet"

@@ -142,5 +142,5 @@ def format_summary(r: DemoResult) -> str:
     ]
     for exp, auc in r.mil_test_auc.items():
         lines.append(f"  slide AUROC {exp}: {f(auc)}")
-    lines += [f"  total time: {r.seconds:.0f} s", f"  report: {r.report}", ""]
+    lines += [f"  total time: {r.seconds:.0f} s", f"  report: {r.report}", f"  explore every neuron: sae1n browse {r.report.parent} --slides {r.out_dir / 'data' / 'slides'} --annotations {r.out_dir / 'data' / 'annotations'}", ""]
     return "\n".join(lines)

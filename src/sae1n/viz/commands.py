@@ -69,7 +69,12 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         default=None,
         help="where heatmaps/, geojson/, galleries/ go (default: <exp_dir>/figures)",
     )
-    option(p, "--cmap", default="jet", help="matplotlib colour map")
+    option(
+        p,
+        "--cmap",
+        default="viridis",
+        help="matplotlib colour map (default viridis, perceptually uniform; jet is still available)",
+    )
     option(p, "--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
     option(
         p,
@@ -94,7 +99,12 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also export QuPath GeoJSON of the patch activations",
     )
-    option(p, "--overwrite", action="store_true", help="redraw pictures that already exist")
+    option(
+        p,
+        "--overwrite",
+        action="store_true",
+        help="redraw pictures made for another neuron, split or setting (default: keep current ones, refuse stale ones)",
+    )
 
 
 def run_heatmap(args) -> int:
@@ -164,6 +174,12 @@ def configure_report(p: argparse.ArgumentParser) -> None:
         default=None,
         help="prompt file, one per line (default: a pathology prompt list)",
     )
+    option(
+        p,
+        "--overwrite",
+        action="store_true",
+        help="rewrite a report made from other inputs (default: keep a current one, refuse a stale one)",
+    )
 
 
 def run_report(args) -> int:
@@ -183,6 +199,13 @@ def run_report(args) -> int:
         print(
             f"named the neurons with {args.encoder}'s text tower ({len(prompts)} prompts): {names}"
         )
-    path = report(args.exp_dir, args.out, title=args.title)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+    from sae1n.viz.reporting import REPORT_HTML
+
+    target = Path(args.out) if args.out else Path(args.exp_dir) / REPORT_HTML
+    before = target.stat().st_mtime_ns if target.is_file() else None
+    path = report(args.exp_dir, args.out, title=args.title, overwrite=args.overwrite or bool(args.encoder))
+    if before is not None and path.stat().st_mtime_ns == before:
+        print(f"{path} is current (same inputs and settings); kept")
+    else:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
     return 0

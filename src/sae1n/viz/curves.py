@@ -114,13 +114,28 @@ def training_metric_columns(df: pd.DataFrame) -> tuple[str | None, list[str]]:
     return x, metrics
 
 
+_PRIORITY = ("loss", "fvu", "mse", "dead", "dense", "l0", "explained", "l1")
+_LAST = ("elapsed", "tokens_per_s", "n_tokens", "best_step", "threshold", "lr")
+
+
+def _panel_priority(name: str) -> tuple[int, int]:
+    """Panels most worth seeing first: losses, FVU, dead/dense fractions, L0; timing last."""
+    low = name.lower()
+    if any(k in low for k in _LAST):
+        return (2, 0)
+    for i, key in enumerate(_PRIORITY):
+        if key in low:
+            return (0, i)
+    return (1, 0)
+
+
 def plot_training_curves(
     log: pd.DataFrame, path: str | os.PathLike, max_panels: int = 12
 ) -> Path | None:
     """One small panel per numeric column of the training log (train and
     val rows alike, whatever columns exist). None when nothing is plottable."""
     x, metrics = training_metric_columns(log)
-    metrics = metrics[:max_panels]
+    metrics = sorted(metrics, key=_panel_priority)[:max_panels]
     if not metrics:
         return None
     cols = min(3, len(metrics))

@@ -85,11 +85,15 @@ def neuron_figures(
     geojson: bool = False,
     overwrite: bool = False,
     file_type: str | None = None,
+    split_csv: str | os.PathLike | None = None,
     **heatmap_kw,
 ) -> dict:
     """Heatmaps (``<out_dir>/heatmaps/<slide>_unit<U>.png``), optional GeoJSON
     (``geojson/``) and gallery (``galleries/unit<U>_top<N>.png``) of one neuron.
-    Existing heatmaps/GeoJSON are kept unless ``overwrite``. Returns the paths."""
+    Each picture gets a provenance sidecar (neuron, slide, ``split_csv``, drawing
+    settings, input files): current ones are kept, ones made for another neuron,
+    split or setting are refused (:class:`StaleOutputError`) unless ``overwrite``.
+    Returns the paths."""
     from sae1n.datasets.annotations import annotation_outlines, find_annotation
     from sae1n.neurons.inputs import code_files, neuron_columns, read_codes
     from sae1n.viz.galleries import neuron_gallery
@@ -116,28 +120,65 @@ def neuron_figures(
     for s in wanted:
         if s not in slides:
             log.warning("slide file for %s not found in %s; skipped", s, slide_dir)
+    from sae1n.io.provenance import Provenance, input_identity, plan_outputs, write_sidecar
+
     out = Path(out_dir)
     result: dict = {"unit": u, "heatmaps": [], "geojson": [], "gallery": None}
-    for sid in progress(list(slides), desc="heatmaps", total=len(slides)):
-        png = out / "heatmaps" / f"{sid}_unit{u}.png"
+    shared = {
+        "unit": u,
+        "split_csv": str(split_csv) if split_csv else None,
+        "settings": {k: v for k, v in sorted(heatmap_kw.items()) if isinstance(v, int | float | str | bool | type(None))},
+    }
+    expected: dict[Path, Provenance] = {}
+    per_slide = {}
+    for sid in slides:
         att = Path(attention_dir) / f"{sid}.h5" if attention_dir else None
         lab = Path(patch_label_dir) / f"{sid}.h5" if patch_label_dir else None
         ann = find_annotation(annotation_dir, sid) if annotation_dir else None
-        if overwrite or not png.is_file():
+        att = att if att is not None and att.is_file() else None
+        lab = lab if lab is not None and lab.is_file() else None
+        per_slide[sid] = (att, lab, ann)
+        inputs = {"codes": Path(codes[sid]), "slide": Path(slides[sid])}
+        for name, f in (("attention", att), ("patch_labels", lab), ("annotation", ann)):
+            inputs[name] = Path(f) if f is not None else None
+        png = out / "heatmaps" / f"{sid}_unit{u}.png"
+        expected[png] = Provenance.make("heatmap", 1, settings={**shared, "slide_id": sid}, inputs=inputs)
+        if geojson:
+            gj = out / "geojson" / f"{sid}_unit{u}.geojson"
+            expected[gj] = Provenance.make(
+                "geojson", 1, settings={"unit": u, "slide_id": sid}, inputs={"codes": Path(codes[sid])}
+            )
+    gpath = out / "galleries" / f"unit{u}_top{gallery_n}.png" if gallery_n else None
+    if gpath is not None:
+        expected[gpath] = Provenance.make(
+            "gallery",
+            1,
+            settings={**shared, "n": int(gallery_n), "slide_ids": sorted(slides)},
+            inputs={"codes": {s: input_identity(codes[s]) for s in sorted(slides)}},
+        )
+    # every output is checked before anything is drawn: stale pictures (another
+    # neuron, split, setting or input) are refused unless overwrite
+    todo, _ = plan_outputs(expected, overwrite=overwrite, fix="Fix: pass --overwrite to redraw these pictures, or choose another --output_dir.")
+    todo = set(todo)
+    for sid in progress(list(slides), desc="heatmaps", total=len(slides)):
+        att, lab, ann = per_slide[sid]
+        png = out / "heatmaps" / f"{sid}_unit{u}.png"
+        if png in todo:
             neuron_heatmap(
                 slides[sid],
                 codes[sid],
                 u,
                 png,
-                attention_file=att if att is not None and att.is_file() else None,
-                patch_label_file=lab if lab is not None and lab.is_file() else None,
+                attention_file=att,
+                patch_label_file=lab,
                 polygons=annotation_outlines(ann) if ann is not None else None,
                 **heatmap_kw,
             )
+            write_sidecar(png, expected[png])
         result["heatmaps"].append(png)
         if geojson:
             gj = out / "geojson" / f"{sid}_unit{u}.geojson"
-            if overwrite or not gj.is_file():
+            if gj in todo:
                 mat, coords, attrs = read_codes(codes[sid])
                 export_geojson(
                     coords,
@@ -146,10 +187,11 @@ def neuron_figures(
                     infer_patch_size(coords, attrs),
                     measurement=f"SAE neuron {u}",
                 )
+                write_sidecar(gj, expected[gj])
             result["geojson"].append(gj)
-    if gallery_n:
-        gpath = out / "galleries" / f"unit{u}_top{gallery_n}.png"
-        result["gallery"] = neuron_gallery(
-            u, {s: codes[s] for s in slides}, slides, gpath, n=gallery_n
-        )
+    if gpath is not None:
+        if gpath in todo:
+            neuron_gallery(u, {s: codes[s] for s in slides}, slides, gpath, n=gallery_n)
+            write_sidecar(gpath, expected[gpath])
+        result["gallery"] = gpath
     return result

@@ -105,7 +105,7 @@ def paint_patches(
 
 
 def blend(
-    thumb: np.ndarray, canvas: np.ndarray, cmap: str = "jet", alpha: float = 0.5
+    thumb: np.ndarray, canvas: np.ndarray, cmap: str = "viridis", alpha: float = 0.5
 ) -> np.ndarray:
     """RGB uint8: the colour-mapped canvas over the thumbnail where painted."""
     import matplotlib
@@ -182,7 +182,7 @@ def heatmap(
     out_path: str | os.PathLike,
     *,
     patch_size: int | None = None,
-    cmap: str = "jet",
+    cmap: str = "viridis",
     alpha: float = 0.5,
     normalize: str = "minmax",
     vmin: float | None = None,
