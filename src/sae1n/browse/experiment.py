@@ -240,7 +240,10 @@ class Experiment:
         }
         ldir = _existing(ev_settings.get("patch_label_dir"), (Path(pipe["work_dir"]) / "patch_labels") if pipe.get("work_dir") else None)
         self.label_paths = {k: v for k, v in _scan_stems(ldir, (".h5",)).items() if k in self.code_paths}
-        adir2 = _existing(ev_settings.get("mil_patch_scores"))
+        mil_scores = ev_settings.get("mil_patch_scores")
+        if isinstance(mil_scores, dict):  # method -> folder; the attention map first
+            mil_scores = [v for k, v in sorted(mil_scores.items(), key=lambda kv: "attention" not in kv[0])]
+        adir2 = _existing(*(mil_scores if isinstance(mil_scores, list) else [mil_scores]))
         self.attention_paths = {k: v for k, v in _scan_stems(adir2, (".h5",)).items() if k in self.code_paths}
 
         self.slide_labels: dict[str, str] = {}
