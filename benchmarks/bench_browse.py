@@ -40,8 +40,8 @@ K = 32
 
 def make_big_slide(root: Path, size: int, n_patches: int, seed: int = 0) -> tuple[Path, Path]:
     """(experiment dir, slides dir) of one size x size slide with ``n_patches`` patches."""
-    from sae1n.wsi.writers import write_pyramidal_tiff
     from sae1n.io import write_sparse_codes
+    from sae1n.wsi.writers import write_pyramidal_tiff
 
     exp = root / "big" / "exp"
     slides = root / "big" / "slides"
@@ -79,8 +79,8 @@ def make_big_slide(root: Path, size: int, n_patches: int, seed: int = 0) -> tupl
 
 def make_many_slides(root: Path, n: int = 400, patches: int = 400, seed: int = 0) -> tuple[Path, Path]:
     """An experiment of ``n`` small slides (512 x 512 TIFFs) with sparse codes."""
-    from sae1n.wsi.writers import write_pyramidal_tiff
     from sae1n.io import write_sparse_codes
+    from sae1n.wsi.writers import write_pyramidal_tiff
 
     exp = root / "many" / "exp"
     slides = root / "many" / "slides"

@@ -166,7 +166,7 @@ def _copy_exp(experiment, tmp_path) -> Path:
 
 
 def test_report_leads_with_every_metrics_row_marks_oracles_and_finds_extras(experiment, tmp_path):
-    from sae1n.browse.notes import NotesStore
+    from sae1n.io.neuron_notes import NotesStore
     from sae1n.io.provenance import StaleOutputError, read_provenance
 
     exp = _copy_exp(experiment, tmp_path)

@@ -11,8 +11,8 @@ from sae1n._lazy import lazy_exports
 _EXPORTS = {
     "Experiment": "sae1n.browse.experiment",
     "open_experiment": "sae1n.browse.experiment",
-    "NotesStore": "sae1n.browse.notes",
-    "read_notes": "sae1n.browse.notes",
+    "NotesStore": "sae1n.io.neuron_notes",
+    "read_notes": "sae1n.io.neuron_notes",
     "create_app": "sae1n.browse.app",
     "serve": "sae1n.browse.app",
 }

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from sae1n.browse.experiment import LRU, Experiment
-from sae1n.browse.notes import TAGS, NoteConflict, NotesStore
 from sae1n.browse.tiles import (
     COLORMAPS,
     DEFAULT_CMAP,
@@ -31,6 +30,7 @@ from sae1n.browse.tiles import (
     png_bytes,
 )
 from sae1n.errors import Sae1nError
+from sae1n.io.neuron_notes import TAGS, NoteConflict, NotesStore
 
 log = logging.getLogger(__name__)
 

@@ -75,9 +75,7 @@ _MISSING = "__sae1n_missing__"
 def _type_name(value) -> str:
     if isinstance(value, bool):
         return "a boolean (true/false)"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
+    if isinstance(value, int | float):
         return "a number"
     if isinstance(value, ListConfig | list):
         return "a list, e.g. [a, b]"
@@ -92,9 +90,8 @@ def _same_kind(old, new) -> bool:
         return True
     if isinstance(old, bool):
         return isinstance(new, bool)
-    if isinstance(old, int):
-        return isinstance(new, int) and not isinstance(new, bool)
-    if isinstance(old, float):
+    if isinstance(old, int | float):
+        # numbers replace numbers (a ratio written 4 in the YAML may be 0.25)
         return isinstance(new, int | float) and not isinstance(new, bool)
     if isinstance(old, ListConfig | list):
         return isinstance(new, ListConfig | list)

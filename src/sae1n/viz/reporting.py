@@ -460,7 +460,7 @@ REPORT_SCHEMA = 2
 
 def report_inputs(exp: Path) -> dict:
     """Every file the report embeds or reads, for its provenance record."""
-    from sae1n.browse.notes import NOTES_JSON
+    from sae1n.io.neuron_notes import NOTES_JSON
     from sae1n.io.provenance import input_identity
 
     files = []
@@ -500,7 +500,7 @@ def report(
     ranking, training curves, and the configuration (folded). A provenance sidecar
     records every input: a current report is kept, a stale one is refused unless
     ``overwrite``. Returns its path."""
-    from sae1n.browse.notes import read_notes
+    from sae1n.io.neuron_notes import read_notes
     from sae1n.io.provenance import Provenance, check_output, write_sidecar
     from sae1n.neurons.naming import NAMES_CSV
     from sae1n.neurons.ranking import SUMMARY_JSON

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from sae1n.browse.notes import NoteConflict, NotesStore, read_notes
 from sae1n.errors import ConfigError, InputFileError
+from sae1n.io.neuron_notes import NoteConflict, NotesStore, read_notes
 
 
 def test_concurrent_saves_of_different_neurons_all_survive(tmp_path):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sae1n.errors import InputFileError, Sae1nError
-from sae1n.io import atomic_write_text
+from sae1n.io.atomic import atomic_write_text
 
 NOTES_JSON = "neuron_notes.json"
 SCHEMA = 1
