@@ -109,7 +109,7 @@ def test_resume_after_interrupt(cohort, two_processes, tmp_path):
 
 
 def _select(rank, pre_all, k, oversample, sync_free):
-    from sae1n.distributed.sae import BatchStatsSync
+    from sae1n.sae.distributed import BatchStatsSync
 
     sync = BatchStatsSync(oversample=oversample, slack=0)
     sync.global_rows = pre_all.shape[0]

@@ -74,6 +74,7 @@ class SAEConfig:
     paper_compat_no_b_enc: bool = False
     paper_compat_update_in_eval: bool = False
     fast_kernels: bool = True
+    group_sizes: list[int] | None = None  # MatryoshkaBatchTopKSAE: nested prefix sizes
 
     @classmethod
     def from_mapping(cls, m: Mapping) -> SAEConfig:
@@ -128,7 +129,7 @@ class BaseSAE(nn.Module):
     by every SAE; subclasses define the activation."""
 
     supports_sparse_kernels = False
-    # set by a multi-process trainer (sae1n.distributed.sae.BatchStatsSync): makes the
+    # set by a multi-process trainer (sae1n.sae.distributed.BatchStatsSync): makes the
     # batch-wide selection and statistics global over the ranks in training
     batch_sync = None
 

@@ -1,0 +1,262 @@
+"""SAE training end to end vs its step: ``train_sae`` as the CLI calls it.
+
+Measured in one run, same machine, same generated features and settings (the
+paper's CONCH config by default: BatchTopK 512 -> 2048, k 16, batch 4096,
+validation every 500 steps, checkpoints every 10,000, the exp's val split):
+
+* ``end to end``: :func:`sae1n.sae.train.train_sae` on ``camelyon16_conch_0``
+  with ``key=value`` overrides pointing it at the generated store, exactly as
+  ``sae1n train-sae`` builds the config (store packed beforehand and timed
+  apart); tokens/s = trained tokens / wall seconds of the call;
+* ``step alone``: :func:`sae1n.sae.train.train_step` on the same batches (the
+  same epoch permutation, gathered into memory beforehand), nothing else;
+* ``paper-style dense loop``: the dense reference step of ``bench_sae.py``
+  fed by a gather per step (as a DataLoader would), on the same batches;
+* peak RSS of the process.
+
+Data: ``--slides`` train slides of ``--patches`` patches (plus ``--val-slides``)
+of clustered sparse features (each patch a few atoms with positive weights
+around one of a few cluster centres).
+
+Run:  .venv/bin/python benchmarks/bench_train_sae.py [--slides 24 --patches 20000]
+      [--epochs 6] [--device cuda] [--profile out.prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def make_features(root: Path, args) -> tuple[Path, Path]:
+    """Clustered sparse features in a CLAM folder plus a split CSV."""
+    from sae1n.io import write_bag
+
+    rng = np.random.default_rng(args.seed)
+    d = args.dim
+    atoms = rng.normal(size=(args.atoms, d)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    centres = rng.normal(size=(8, d)).astype(np.float32)
+    feat = root / "features" / "bench" / "clam_processed" / "features_bench"
+    split: dict[str, list] = {"train": [], "val": []}
+    n_slides = args.slides + args.val_slides
+    for i in range(n_slides):
+        kind = "train" if i < args.slides else "val"
+        n = args.patches
+        idx = rng.integers(0, args.atoms, size=(n, args.active))
+        w = rng.exponential(1.0, size=(n, args.active)).astype(np.float32)
+        c = centres[rng.integers(0, len(centres), size=n)]
+        x = np.einsum("nk,nkd->nd", w, atoms[idx]) + 0.3 * c
+        x += 0.05 * rng.standard_normal(size=x.shape, dtype=np.float32)
+        coords = np.stack([np.arange(n) * 224, np.full(n, i * 224)], axis=1)
+        sid = f"{kind}_{i:03d}"
+        write_bag(feat, sid, x.astype(np.float32), coords, formats=("h5",))
+        split[kind].append(sid)
+    m = max(map(len, split.values()))
+    csv = root / "splits" / "bench_0" / "splits_0.csv"
+    csv.parent.mkdir(parents=True)
+    pd.DataFrame({k: v + [None] * (m - len(v)) for k, v in split.items()}).to_csv(csv)
+    return feat, csv
+
+
+def overrides(args, feat: Path, csv: Path, out: Path) -> list[str]:
+    over = [
+        f"data.feature_dir={feat}",
+        f"data.split_csv_path={csv}",
+        "data.file_type=h5",
+        f"data.store_dir={out / 'store'}",
+        f"output_dir={out}",
+        f"sae.act_size={args.dim}",
+        f"sae.dict_size_ratio={args.ratio}",
+        f"sae.top_k={args.k}",
+        f"sae.device={args.device}",
+        f"training.batch_size={args.batch}",
+        f"training.num_epochs={args.epochs}",
+        "training.tensorboard=false",
+    ]
+    if args.threads:
+        over.append(f"training.num_threads={args.threads}")
+    return over + list(args.override)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench(args) -> dict:
+    import torch
+
+    from bench_sae import PaperStyleStep
+    from sae1n.sae.config import load_sae_config
+    try:
+        from sae1n.sae.data import prepare_data
+    except ImportError:  # before the trainer was split up
+        from sae1n.sae.train import prepare_data
+    from sae1n.sae.models import build_sae
+    from sae1n.sae.train import (
+        batch_rows,
+        epoch_permutation,
+        make_optimizer,
+        train_sae,
+        train_step,
+    )
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        feat, csv = make_features(root, args)
+        t_gen = time.perf_counter() - t
+        out = root / "out"
+        cfg = load_sae_config("camelyon16_conch_0", overrides(args, feat, csv, out))
+        cfg.exp_name = "bench"
+        t = time.perf_counter()
+        data = prepare_data(cfg)  # packs the store (once; train_sae reopens it)
+        t_pack = time.perf_counter() - t
+        n_train, n_val = len(data.train_rows), len(data.val_rows)
+        steps_per_epoch = -(-n_train // args.batch)
+        total = steps_per_epoch * args.epochs
+
+        # ---- end to end, as the CLI calls it
+        t = time.perf_counter()
+        if args.profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+            exp = train_sae(cfg)
+            prof.disable()
+            prof.dump_stats(args.profile)
+        else:
+            exp = train_sae(cfg)
+        t_e2e = time.perf_counter() - t
+        metrics = pd.read_csv(exp / "logs" / "metrics.csv")
+        last = metrics.iloc[-1]
+
+        # ---- the step alone, same batches (first n_step of epoch 0), in memory
+        device = str(cfg.sae.device)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        order = data.train_rows[epoch_permutation(n_train, int(cfg.seed), 0)]
+        n_step = min(args.step_batches, steps_per_epoch)
+        batches = [
+            data.gather(batch_rows(order, i, args.batch)).to(device) for i in range(n_step)
+        ]
+        torch.manual_seed(int(cfg.seed))
+        sae_cfg = dict(cfg.sae)
+        sae_cfg["act_size"] = args.dim
+        model = build_sae(sae_cfg).to(device)
+        opt = make_optimizer(model, cfg.training)
+        for x in batches[:2]:  # warm-up
+            train_step(model, opt, x, float(cfg.training.max_grad_norm))
+        times = []
+        for _ in range(args.step_rounds):
+            for x in batches:
+                _sync(device)
+                t = time.perf_counter()
+                train_step(model, opt, x, float(cfg.training.max_grad_norm))
+                _sync(device)
+                times.append(time.perf_counter() - t)
+        step_tok_s = args.batch / statistics.median(times)
+        step_mean_tok_s = args.batch * len(times) / sum(times)
+
+        # ---- the paper-style dense loop (gather per step + dense step)
+        torch.manual_seed(int(cfg.seed))
+        ref_model = build_sae(sae_cfg).to(device)
+        ref = PaperStyleStep(ref_model)
+        n_ref = min(args.ref_steps, steps_per_epoch)
+        ref.step(batches[0])
+        _sync(device)
+        t = time.perf_counter()
+        for i in range(n_ref):
+            x = data.gather(batch_rows(order, i, args.batch)).to(device)
+            ref.step(x)
+        _sync(device)
+        ref_tok_s = n_ref * args.batch / (time.perf_counter() - t)
+        e2e_tok_s = args.epochs * n_train / t_e2e
+    return {
+        "n_train": n_train,
+        "n_val": n_val,
+        "steps": total,
+        "gen_s": t_gen,
+        "pack_s": t_pack,
+        "e2e_s": t_e2e,
+        "e2e_tok_s": e2e_tok_s,
+        "log_tok_s": float(last.tokens_per_s),
+        "step_tok_s": step_tok_s,
+        "step_mean_tok_s": step_mean_tok_s,
+        "ref_tok_s": ref_tok_s,
+        "val_fvu": float(last.get("val_fvu", float("nan"))),
+        "val_dead_frac": float(last.get("val_dead_frac", float("nan"))),
+        "device": device,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--slides", type=int, default=24, help="train slides")
+    p.add_argument("--val-slides", type=int, default=4)
+    p.add_argument("--patches", type=int, default=20000, help="patches per slide")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--ratio", type=int, default=4)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--atoms", type=int, default=1024)
+    p.add_argument("--active", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="0: the trainer's default")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    p.add_argument("--step-batches", type=int, default=24, help="batches timed for the step")
+    p.add_argument("--step-rounds", type=int, default=2)
+    p.add_argument("--ref-steps", type=int, default=8, help="steps of the dense loop")
+    p.add_argument("--tmp", default=None, help="folder for the generated data")
+    p.add_argument("--profile", default=None, help="write a cProfile of train_sae here")
+    p.add_argument("override", nargs="*", help="extra key=value config overrides")
+    args = p.parse_args(argv)
+    import torch
+
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    r = bench(args)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {r['device']} ({where})"
+    )
+    print(
+        f"\nSAE training end to end: {r['n_train']:,} train / {r['n_val']:,} val tokens, "
+        f"{args.dim} -> {args.dim * args.ratio}, k {args.k}, batch {args.batch}, "
+        f"{args.epochs} epochs = {r['steps']} steps"
+    )
+    print(f"  generate {r['gen_s']:.1f} s, pack store {r['pack_s']:.1f} s (not counted)")
+    print(f"  train_sae end to end   : {r['e2e_s']:8.1f} s  {r['e2e_tok_s']:9,.0f} tokens/s")
+    print(f"  (its metrics.csv says) :            {r['log_tok_s']:9,.0f} tokens/s")
+    print(
+        f"  train_step alone       :            {r['step_tok_s']:9,.0f} tokens/s "
+        f"(median; mean {r['step_mean_tok_s']:,.0f})"
+    )
+    print(f"  paper-style dense loop :            {r['ref_tok_s']:9,.0f} tokens/s")
+    print(f"  end to end / step      : {r['e2e_tok_s'] / r['step_tok_s']:8.3f}")
+    print(f"  end to end / dense loop: {r['e2e_tok_s'] / r['ref_tok_s']:8.2f} x")
+    print(f"  final val FVU {r['val_fvu']:.4f}, val dead fraction {r['val_dead_frac']:.3f}")
+    print(f"  peak RSS               : {r['peak_rss_mib']:8.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
