@@ -98,8 +98,8 @@ def _sync(device: str) -> None:
 
 def bench(args) -> dict:
     import torch
-
     from bench_sae import PaperStyleStep
+
     from sae1n.sae.config import load_sae_config
     try:
         from sae1n.sae.data import prepare_data
