@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--atoms", type=int, default=1024)
+    p.add_argument("--atoms", type=int, default=4096)
     p.add_argument("--active", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="0: the trainer's default")

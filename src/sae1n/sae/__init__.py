@@ -29,6 +29,8 @@ _EXPORTS = {
     "TopKSAE": "sae1n.sae.models",
     "VanillaSAE": "sae1n.sae.models",
     "JumpReLUSAE": "sae1n.sae.models",
+    "MatryoshkaBatchTopKSAE": "sae1n.sae.models",
+    "SAETrainer": "sae1n.sae.trainer",
     "load_sae_config": "sae1n.sae.config",
     "evaluate": "sae1n.sae.metrics",
 }
