@@ -8,11 +8,16 @@ validation every 500 steps, checkpoints every 10,000, the exp's val split):
   with ``key=value`` overrides pointing it at the generated store, exactly as
   ``sae1n train-sae`` builds the config (store packed beforehand and timed
   apart); tokens/s = trained tokens / wall seconds of the call;
-* ``step alone``: :func:`sae1n.sae.train.train_step` on the same batches (the
-  same epoch permutation, gathered into memory beforehand), nothing else;
+* ``step alone``: :func:`sae1n.sae.train.train_step` alone on the same run
+  replayed (same initialisation, same batches in the same order, each batch
+  gathered outside the clock), nothing else;
 * ``paper-style dense loop``: the dense reference step of ``bench_sae.py``
   fed by a gather per step (as a DataLoader would), on the same batches;
 * peak RSS of the process.
+
+Each rate is given per wall second and per CPU second of this process (all
+its threads): on a machine shared with other jobs the wall figures of two
+phases run minutes apart see different loads; CPU seconds much less so.
 
 Data: ``--slides`` train slides of ``--patches`` patches (plus ``--val-slides``)
 of clustered sparse features (each patch a few atoms with positive weights
@@ -101,15 +106,11 @@ def bench(args) -> dict:
     from bench_sae import PaperStyleStep
 
     from sae1n.sae.config import load_sae_config
-    try:
-        from sae1n.sae.data import prepare_data
-    except ImportError:  # before the trainer was split up
-        from sae1n.sae.train import prepare_data
+    from sae1n.sae.data import prepare_data
     from sae1n.sae.models import build_sae
     from sae1n.sae.train import (
         batch_rows,
         epoch_permutation,
-        make_optimizer,
         train_sae,
         train_step,
     )
@@ -130,7 +131,7 @@ def bench(args) -> dict:
         total = steps_per_epoch * args.epochs
 
         # ---- end to end, as the CLI calls it
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         if args.profile:
             import cProfile
 
@@ -142,44 +143,52 @@ def bench(args) -> dict:
         else:
             exp = train_sae(cfg)
         t_e2e = time.perf_counter() - t
+        cpu_e2e = time.process_time() - c
         metrics = pd.read_csv(exp / "logs" / "metrics.csv")
         last = metrics.iloc[-1]
 
-        # ---- the step alone, same batches (first n_step of epoch 0), in memory
+        # ---- the step alone: the same run replayed (same init, same batches in
+        # the same order), each batch gathered outside the clock
+        from sae1n.sae.config import expand_sweep
+        from sae1n.sae.data import Batches
+        from sae1n.sae.trainer import SAETrainer, default_threads
+
         device = str(cfg.sae.device)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        threads = args.threads or default_threads(device)
+        torch.set_num_threads(threads)
+        tr = SAETrainer(cfg, device)
+        tr.data = data
+        tr.steps_per_epoch, tr.total = tr.schedule(n_train)
+        tr.batches = Batches(data, int(cfg.seed), args.batch, device)
+        ((tag, run_cfg),) = expand_sweep(cfg)
+        run = tr.build_run(tag, run_cfg)
+        tr.init_from_data(run)
+        n_replay = total if args.step_steps <= 0 else min(total, args.step_steps)
+        times, cpu = [], 0.0
+        clip = float(cfg.training.max_grad_norm)
+        for step in range(n_replay):
+            x = tr.batches.fetch(step).to(device)
+            _sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            train_step(run.model, run.optimizer, x, clip)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+            cpu += time.process_time() - c
+        replay_tokens = sum(tr.batches.global_rows(s) for s in range(n_replay))
+        step_tok_s = replay_tokens / sum(times)
+        step_cpu_tok_s = replay_tokens / cpu
+        step_median_tok_s = args.batch / statistics.median(times)
+        sae_cfg = dict(run.cfg.sae)
         order = data.train_rows[epoch_permutation(n_train, int(cfg.seed), 0)]
-        n_step = min(args.step_batches, steps_per_epoch)
-        batches = [
-            data.gather(batch_rows(order, i, args.batch)).to(device) for i in range(n_step)
-        ]
-        torch.manual_seed(int(cfg.seed))
-        sae_cfg = dict(cfg.sae)
-        sae_cfg["act_size"] = args.dim
-        model = build_sae(sae_cfg).to(device)
-        opt = make_optimizer(model, cfg.training)
-        for x in batches[:2]:  # warm-up
-            train_step(model, opt, x, float(cfg.training.max_grad_norm))
-        times = []
-        for _ in range(args.step_rounds):
-            for x in batches:
-                _sync(device)
-                t = time.perf_counter()
-                train_step(model, opt, x, float(cfg.training.max_grad_norm))
-                _sync(device)
-                times.append(time.perf_counter() - t)
-        step_tok_s = args.batch / statistics.median(times)
-        step_mean_tok_s = args.batch * len(times) / sum(times)
 
         # ---- the paper-style dense loop (gather per step + dense step)
         torch.manual_seed(int(cfg.seed))
         ref_model = build_sae(sae_cfg).to(device)
         ref = PaperStyleStep(ref_model)
         n_ref = min(args.ref_steps, steps_per_epoch)
-        ref.step(batches[0])
+        ref.step(data.gather(batch_rows(order, 0, args.batch)).to(device))
         _sync(device)
         t = time.perf_counter()
         for i in range(n_ref):
@@ -188,6 +197,7 @@ def bench(args) -> dict:
         _sync(device)
         ref_tok_s = n_ref * args.batch / (time.perf_counter() - t)
         e2e_tok_s = args.epochs * n_train / t_e2e
+        e2e_cpu_tok_s = args.epochs * n_train / cpu_e2e
     return {
         "n_train": n_train,
         "n_val": n_val,
@@ -197,8 +207,12 @@ def bench(args) -> dict:
         "e2e_s": t_e2e,
         "e2e_tok_s": e2e_tok_s,
         "log_tok_s": float(last.tokens_per_s),
+        "e2e_cpu_tok_s": e2e_cpu_tok_s,
         "step_tok_s": step_tok_s,
-        "step_mean_tok_s": step_mean_tok_s,
+        "step_cpu_tok_s": step_cpu_tok_s,
+        "step_median_tok_s": step_median_tok_s,
+        "replayed": n_replay,
+        "threads": threads,
         "ref_tok_s": ref_tok_s,
         "val_fvu": float(last.get("val_fvu", float("nan"))),
         "val_dead_frac": float(last.get("val_dead_frac", float("nan"))),
@@ -224,8 +238,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="0: the trainer's default")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
-    p.add_argument("--step-batches", type=int, default=24, help="batches timed for the step")
-    p.add_argument("--step-rounds", type=int, default=2)
+    p.add_argument(
+        "--step-steps", type=int, default=0, help="steps replayed for the step alone (0: all)"
+    )
     p.add_argument("--ref-steps", type=int, default=8, help="steps of the dense loop")
     p.add_argument("--tmp", default=None, help="folder for the generated data")
     p.add_argument("--profile", default=None, help="write a cProfile of train_sae here")
@@ -235,23 +250,27 @@ def main(argv=None) -> int:
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     r = bench(args)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {r['device']} ({where})"
-    )
+    print(f"torch {torch.__version__}, {r['threads']} threads, device {r['device']} ({where})")
     print(
         f"\nSAE training end to end: {r['n_train']:,} train / {r['n_val']:,} val tokens, "
         f"{args.dim} -> {args.dim * args.ratio}, k {args.k}, batch {args.batch}, "
         f"{args.epochs} epochs = {r['steps']} steps"
     )
     print(f"  generate {r['gen_s']:.1f} s, pack store {r['pack_s']:.1f} s (not counted)")
-    print(f"  train_sae end to end   : {r['e2e_s']:8.1f} s  {r['e2e_tok_s']:9,.0f} tokens/s")
-    print(f"  (its metrics.csv says) :            {r['log_tok_s']:9,.0f} tokens/s")
+    print("                             wall tokens/s   CPU tokens/s (tokens per CPU-second)")
     print(
-        f"  train_step alone       :            {r['step_tok_s']:9,.0f} tokens/s "
-        f"(median; mean {r['step_mean_tok_s']:,.0f})"
+        f"  train_sae end to end   : {r['e2e_tok_s']:12,.0f}   {r['e2e_cpu_tok_s']:12,.0f}"
+        f"   ({r['e2e_s']:.1f} s; its metrics.csv says {r['log_tok_s']:,.0f})"
     )
-    print(f"  paper-style dense loop :            {r['ref_tok_s']:9,.0f} tokens/s")
-    print(f"  end to end / step      : {r['e2e_tok_s'] / r['step_tok_s']:8.3f}")
+    print(
+        f"  train_step alone       : {r['step_tok_s']:12,.0f}   {r['step_cpu_tok_s']:12,.0f}"
+        f"   (same run replayed, {r['replayed']} steps; median step {r['step_median_tok_s']:,.0f})"
+    )
+    print(f"  paper-style dense loop : {r['ref_tok_s']:12,.0f}")
+    print(
+        f"  end to end / step      : {r['e2e_tok_s'] / r['step_tok_s']:12.3f}   "
+        f"{r['e2e_cpu_tok_s'] / r['step_cpu_tok_s']:12.3f}"
+    )
     print(f"  end to end / dense loop: {r['e2e_tok_s'] / r['ref_tok_s']:8.2f} x")
     print(f"  final val FVU {r['val_fvu']:.4f}, val dead fraction {r['val_dead_frac']:.3f}")
     print(f"  peak RSS               : {r['peak_rss_mib']:8.0f} MiB")

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patch-labels": ("sae1n.datasets.commands", "tumour fraction per patch from annotations"),
     "train-sae": ("sae1n.sae.commands", "train a sparse autoencoder: exp=<name> key=value ..."),
     "save-sae-features": ("sae1n.sae.commands", "encode every slide with a trained SAE"),
+    "export-sae": ("sae1n.sae.commands", "write a trained SAE in SAELens' layout (cfg.json + sae_weights.safetensors)"),
     "analyze-sae": ("sae1n.neurons.commands", "rank SAE neurons by slide labels (Welch t-test)"),
     "evaluate-patches": ("sae1n.neurons.commands", "patch-level metrics of the selected neuron(s)"),
     "heatmap": ("sae1n.viz.commands", "paint a neuron's (or attention) scores on the slide"),
