@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ class TrainingData:
         return self.store.dim
 
     def gather(self, rows: np.ndarray) -> torch.Tensor:
+        """float32 rows of the store (in the order given)."""
         return torch.from_numpy(self.store.gather(rows))
 
     def val_batches(
@@ -89,15 +91,45 @@ class TrainingData:
         }
 
 
+def use_prefetch_thread(setting, device: str, threads: int) -> bool:
+    """Whether the next batch loads in a thread during the step
+    (``data.prefetch``: true / false / auto). ``auto``: on a GPU (the CPU
+    waits anyway), or when a core is left over beside the compute threads;
+    on a CPU whose every core computes, a loader thread would stall the
+    step's parallel kernels more than the gather costs inline."""
+    if isinstance(setting, bool):
+        return setting
+    value = str(setting if setting is not None else "auto").lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    if value != "auto":
+        from sae1n.errors import ConfigError
+
+        raise ConfigError(f"data.prefetch must be auto, true or false, got {setting!r}")
+    if str(device).startswith("cuda"):
+        return True
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return cores > threads
+
+
 class Batches:
     """The batch of every global step: ``fetch(step)`` -> this rank's rows as
-    a float32 tensor (pinned for a CUDA device)."""
+    a float32 tensor (pinned for a CUDA device); iterating loads the next
+    batch in a thread when ``prefetch``."""
 
-    def __init__(self, data: TrainingData, seed: int, batch_size: int, device: str):
+    def __init__(
+        self, data: TrainingData, seed: int, batch_size: int, device: str, prefetch: bool = True
+    ):
         self.data, self.seed, self.batch_size = data, int(seed), int(batch_size)
         self.n = len(data.train_rows)
         self.steps_per_epoch = -(-self.n // self.batch_size)
         self.pin = str(device).startswith("cuda")
+        self.prefetch = bool(prefetch)
         self.me = dist.info()
         self._orders: dict[int, np.ndarray] = {}
 
@@ -122,8 +154,10 @@ class Batches:
         return x.pin_memory() if self.pin else x
 
     def __call__(self, steps: range) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(step, batch)`` for ``steps``, the next batch loading in a thread."""
-        return prefetched(self.fetch, steps)
+        """``(step, batch)`` for ``steps``."""
+        if self.prefetch:
+            return prefetched(self.fetch, steps)
+        return ((s, self.fetch(s)) for s in steps)
 
 
 def prefetched(fetch: Callable[[int], torch.Tensor], steps) -> Iterator[tuple[int, torch.Tensor]]:

@@ -52,7 +52,7 @@ from sae1n.io import Provenance, atomic_path
 from sae1n.sae import metrics as sae_metrics
 from sae1n.sae.checkpoints import load_state_into, save_sae, write_paper_pt
 from sae1n.sae.config import expand_sweep, experiment_dir, resume_settings, run_dir
-from sae1n.sae.data import Batches, TrainingData, prepare_data
+from sae1n.sae.data import Batches, TrainingData, prepare_data, use_prefetch_thread
 from sae1n.sae.distributed import StatsSync, make_sync
 from sae1n.sae.kernels import few_threads
 from sae1n.sae.loggers import MetricsLog, warn_if_dead
@@ -381,7 +381,12 @@ class SAETrainer:
         self.data = prepare_data(self.cfg)
         steps_per_epoch, total = self.schedule(len(self.data.train_rows))
         self.steps_per_epoch, self.total = steps_per_epoch, total
-        self.batches = Batches(self.data, int(self.cfg.seed), self.batch_size, self.device)
+        prefetch = use_prefetch_thread(
+            self.cfg.data.get("prefetch", "auto"), self.device, torch.get_num_threads()
+        )
+        self.batches = Batches(
+            self.data, int(self.cfg.seed), self.batch_size, self.device, prefetch
+        )
         runs = [self.build_run(tag, c) for tag, c in expand_sweep(self.cfg)]
         resume = bool(self.cfg.training.get("resume", True))
         resumed = [resume and self.resume(run) for run in runs]
@@ -429,7 +434,7 @@ class SAETrainer:
         d = self.data
         log.info(
             "training %d SAE(s) on %d patches from %d slides (val: %d patches, %d slides), "
-            "%d steps of %d on %s, %d threads%s",
+            "%d steps of %d on %s, %d threads, batch loading %s%s",
             len(runs),
             len(d.train_rows),
             len(d.train_ids),
@@ -439,6 +444,7 @@ class SAETrainer:
             self.batch_size,
             self.device,
             torch.get_num_threads(),
+            "in a thread" if self.batches.prefetch else "inline",
             f" x {self.me.world_size} processes" if self.me.distributed else "",
         )
 
