@@ -93,7 +93,7 @@ def test_b_dec_starts_at_the_train_mean(planted, tmp_path):
     zeros = train_sae(
         small_config(planted, tmp_path / "z", **{"training.num_tokens": 1, "sae.b_dec_init": "zeros"})
     )
-    assert float(load_sae(zeros, which="final").b_dec.abs().max()) < 0.02
+    assert float(load_sae(zeros, which="final").b_dec.detach().abs().max()) < 0.02
 
 
 def test_validation_line_formats_a_row():
