@@ -110,3 +110,14 @@ def test_validation_line_formats_a_row():
     line = validation_line("demo", row)
     assert line.startswith("demo step 5, val loss 0.5, FVU 0.1000, L0 8.0, dead 5.0%, dense 1.0%")
     assert "firing freq: never 16.7% | lt_1e-4 16.7%" in line
+
+
+def test_health_summary_for_the_demo_line(tmp_path):
+    from sae1n.sae.loggers import health_summary
+
+    path = tmp_path / "metrics.csv"
+    assert health_summary(path) is None
+    pd.DataFrame([{"step": 1, "val_dead_frac": 0.5}, {"step": 2, "val_dead_frac": 0.031, "val_dense_frac": 0.2, "val_fvu": 0.111}]).to_csv(path, index=False)
+    assert health_summary(path) == "3.1% dead latents (< 10%), 20.0% dense, FVU 0.111"
+    pd.DataFrame([{"step": 1, "val_dead_frac": 0.871}]).to_csv(path, index=False)
+    assert health_summary(path).startswith("87.1% dead latents (over 25%")

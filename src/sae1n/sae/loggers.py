@@ -157,3 +157,30 @@ def warn_if_dead(label: str, row: dict | None, limit: float = DEAD_WARN_FRAC) ->
         100 * limit,
     )
     return True
+
+
+def health_summary(metrics_csv: Path) -> str | None:
+    """``"3.1% dead latents (< 10%), 84.4% dense, FVU 0.111"`` from a run's
+    last metrics row (None when there is none)."""
+    path = Path(metrics_csv)
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    try:
+        rows = pd.read_csv(path)
+    except Exception:
+        return None
+    if rows.empty:
+        return None
+    row = rows.iloc[-1].to_dict()
+    frac, _ = dead_fraction(row)
+    if frac is None:
+        return None
+    verdict = "< 10%" if frac < 0.1 else ("over 25%: see docs/sae.md" if frac > DEAD_WARN_FRAC else ">= 10%")
+    parts = [f"{100 * frac:.1f}% dead latents ({verdict})"]
+    if row.get("val_dense_frac") is not None and not _isnan(row["val_dense_frac"]):
+        parts.append(f"{100 * row['val_dense_frac']:.1f}% dense")
+    if row.get("val_fvu") is not None and not _isnan(row["val_fvu"]):
+        parts.append(f"FVU {row['val_fvu']:.3f}")
+    return ", ".join(parts)
