@@ -196,6 +196,7 @@ def bench(args) -> dict:
             ref.step(x)
         _sync(device)
         ref_tok_s = n_ref * args.batch / (time.perf_counter() - t)
+        enc = bench_encode(args, exp, feat, device) if args.encode else None
         e2e_tok_s = args.epochs * n_train / t_e2e
         e2e_cpu_tok_s = args.epochs * n_train / cpu_e2e
     return {
@@ -214,11 +215,45 @@ def bench(args) -> dict:
         "replayed": n_replay,
         "threads": threads,
         "ref_tok_s": ref_tok_s,
+        "encode": enc,
         "val_fvu": float(last.get("val_fvu", float("nan"))),
         "val_dead_frac": float(last.get("val_dead_frac", float("nan"))),
         "device": device,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def bench_encode(args, exp: Path, feat: Path, device: str) -> dict:
+    """``save-sae-features`` on the generated slides (sparse codes only, as a
+    second pass would; then dense + sparse, the paper's layout) vs the
+    encoder matmul alone over the same rows."""
+    import torch
+
+    from sae1n.sae.checkpoints import load_sae
+    from sae1n.sae.encode import save_sae_features
+
+    out = {}
+    for label, dense in (("sparse only", False), ("dense + sparse", True)):
+        t = time.perf_counter()
+        s = save_sae_features(
+            exp, feat, dense=dense, sparse=True, device=device, out_dir=exp / f"enc_{dense}"
+        )
+        wall = time.perf_counter() - t
+        out[label] = (len(s.encoded), wall)
+    n = (args.slides + args.val_slides) * args.patches
+    model = load_sae(exp, device=device)
+    x = torch.randn(8192, args.dim, device=device)
+    w = model.W_enc.detach()
+    buf = torch.empty(8192, model.dict_size, device=device)
+    torch.mm(x, w, out=buf)
+    _sync(device)
+    t = time.perf_counter()
+    reps = max(1, n // 8192)
+    for _ in range(reps):
+        torch.mm(x, w, out=buf)
+    _sync(device)
+    gemm_rows_s = reps * 8192 / (time.perf_counter() - t)
+    return {"patches": n, "runs": out, "gemm_rows_s": gemm_rows_s}
 
 
 def main(argv=None) -> int:
@@ -244,6 +279,9 @@ def main(argv=None) -> int:
     p.add_argument("--ref-steps", type=int, default=8, help="steps of the dense loop")
     p.add_argument("--tmp", default=None, help="folder for the generated data")
     p.add_argument("--profile", default=None, help="write a cProfile of train_sae here")
+    p.add_argument(
+        "--encode", action="store_true", help="also time save-sae-features vs its matmul"
+    )
     p.add_argument("override", nargs="*", help="extra key=value config overrides")
     args = p.parse_args(argv)
     import torch
@@ -273,6 +311,16 @@ def main(argv=None) -> int:
     )
     print(f"  end to end / dense loop: {r['e2e_tok_s'] / r['ref_tok_s']:8.2f} x")
     print(f"  final val FVU {r['val_fvu']:.4f}, val dead fraction {r['val_dead_frac']:.3f}")
+    enc = r["encode"]
+    if enc:
+        print(f"\nsave-sae-features on {enc['patches']:,} patches:")
+        for label, (n_slides, wall) in enc["runs"].items():
+            rate = enc["patches"] / wall
+            print(
+                f"  {label:15s}: {wall:7.1f} s  {rate:10,.0f} patches/s "
+                f"({rate / enc['gemm_rows_s']:.2f} of the encoder matmul alone, {n_slides} slides)"
+            )
+        print(f"  encoder matmul alone : {enc['gemm_rows_s']:10,.0f} rows/s")
     print(f"  peak RSS               : {r['peak_rss_mib']:8.0f} MiB")
     return 0
 

@@ -166,3 +166,15 @@ def test_trains_encodes_and_resumes_bit_identically(tmp_path):
     rows = torch.repeat_interleave(torch.arange(50), indptr.diff())
     rebuilt[rows, indices] = values
     assert torch.equal(rebuilt, dense)
+    # save-sae-features encodes it through the generic path, like any other type
+    from sae1n.io import read_sparse_codes
+    from sae1n.sae.encode import save_sae_features
+
+    summary = save_sae_features(full, dense=False)
+    assert len(summary.encoded) == 6
+    first = sorted((summary.out_dir / "sparse_files").glob("*.h5"))[0]
+    csr, _, _ = read_sparse_codes(first)
+    from sae1n.io import read_features
+
+    x_slide = torch.from_numpy(read_features(data.feature_dir / "h5_files" / first.name))
+    assert np.array_equal(csr.toarray(), model.encode(x_slide).numpy())
