@@ -21,6 +21,9 @@ gives:
 On CPU entries whose activation is not positive are dropped (they contribute
 nothing and have zero gradient); on CUDA (``sync_free``) all shapes stay
 static so no step waits for the device.
+
+(One coherent thing over ~450 lines: the selection and the fused loss
+with its hand-written backward belong together.)
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Two defects of the paper's code are fixed, each with a switch restoring it:
   the model. Here they update only in training mode.
 * ``paper_compat_no_b_enc``: the paper's TopK/BatchTopK encoders never add
   ``b_enc``. Here they do.
+
+(One coherent thing over ~450 lines: the five SAE types share one base
+class, its statistics and its loss pieces.)
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ the other processes (``torchrun``) :mod:`sae1n.sae.distributed` behind
 Every checkpoint carries a provenance record (:mod:`sae1n.io.provenance`):
 the settings that shape the model and the identity of the packed store and
 split; resuming with other settings or other data is refused.
+
+(One coherent thing over ~450 lines: the step, the run state and the loop
+that drives them; data, loggers and the other processes live apart.)
 """
 
 from __future__ import annotations
