@@ -72,13 +72,15 @@ class TrainingData:
         return torch.from_numpy(out if out.dtype == np.float32 else out.astype(np.float32))
 
     def val_batches(
-        self, batch_size: int, device, rows: np.ndarray | None = None
+        self, batch_size: int, device, rows: np.ndarray | None = None, prefetch: bool = True
     ) -> Iterator[torch.Tensor]:
-        """The validation rows in store order, ``batch_size`` at a time, the
-        next one loading in a thread."""
+        """The validation rows in store order, ``batch_size`` at a time (the
+        next one loading in a thread when ``prefetch``)."""
         rows = self.val_rows if rows is None else rows
         starts = range(0, len(rows), batch_size)
-        for _, x in prefetched(lambda s: self.gather(rows[s : s + batch_size]), starts):
+        fetch = lambda s: self.gather(rows[s : s + batch_size])  # noqa: E731
+        pairs = prefetched(fetch, starts) if prefetch else ((s, fetch(s)) for s in starts)
+        for _, x in pairs:
             yield x.to(device)
 
     def identity(self) -> dict:

@@ -543,7 +543,7 @@ class SAETrainer:
         rows = self.sync.val_rows(run.model, self.data.val_rows)
         return sae_metrics.evaluate(
             run.model,
-            self.data.val_batches(self.batch_size, self.device, rows),
+            self.data.val_batches(self.batch_size, self.device, rows, self.batches.prefetch),
             self.dense_freq,
             reduce=self.sync.reduce_metrics(run.model),
         )
