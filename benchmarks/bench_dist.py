@@ -120,7 +120,7 @@ def _steps(rank: int, world: int, port: int, shape: dict, steps: int, share: int
     x = x[rank :: max(world, share)].contiguous()
     hook = None
     if world > 1:
-        from sae1n.distributed.sae import BatchStatsSync, GradientAllReduce
+        from sae1n.sae.distributed import BatchStatsSync, GradientAllReduce
 
         model.batch_sync = BatchStatsSync()
         model.batch_sync.global_rows = b

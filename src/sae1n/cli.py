@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-bags": ("sae1n.datasets.bags_commands", "slide-like bags from labelled patches or tiles (weak labels for testing)"),
     "train-sae": ("sae1n.sae.commands", "train a sparse autoencoder: exp=<name> key=value ..."),
     "save-sae-features": ("sae1n.sae.commands", "encode every slide with a trained SAE"),
+    "export-sae": ("sae1n.sae.commands", "write a trained SAE in SAELens' layout (cfg.json + sae_weights.safetensors)"),
     "analyze-sae": ("sae1n.neurons.commands", "rank SAE neurons by slide labels (Welch t-test)"),
     "evaluate-patches": ("sae1n.neurons.commands", "patch-level metrics of the selected neuron(s)"),
     "stability": ("sae1n.neurons.commands", "train the SAE with several seeds: is the chosen neuron as good, and the same direction?"),

@@ -68,7 +68,7 @@ def test_lone_process_needs_no_group(monkeypatch):
 def _failing_setup_and_drift(rank):
     import torch
 
-    from sae1n.distributed.sae import resync_if_drifted
+    from sae1n.sae.distributed import resync_if_drifted
 
     def build():
         if rank == 0:

@@ -77,7 +77,8 @@ def test_two_processes_match_one_process_loss_curve(one_process, two_processes):
 SWEEP = (
     "sweep=[{sae: {model_type: TopKSAE}}, {sae: {model_type: VanillaSAE, l1_coeff: 0.01}}, "
     "{sae: {model_type: JumpReLUSAE, l1_coeff: 0.01}}, {sae: {fast_kernels: false}}, "
-    "{sae: {input_unit_norm: true, paper_compat_update_in_eval: true}}]"
+    "{sae: {input_unit_norm: true, paper_compat_update_in_eval: true}}, "
+    "{sae: {model_type: MatryoshkaBatchTopKSAE}}]"
 )
 
 
@@ -86,7 +87,7 @@ def test_every_model_type_and_the_dense_path_match_too(cohort, tmp_path):
     one = train_sae(sae_config(cohort, tmp_path / "one", *over))
     two = Path(run_ranks(tmp_path / "launch", _train, cohort, tmp_path / "two", over)[0])
     tags = sorted(p.name for p in (one / "sweep").iterdir())
-    assert len(tags) == 5
+    assert len(tags) == 6
     for tag in tags:
         _assert_same_curves(one / "sweep" / tag, two / "sweep" / tag, rtol=2e-5)
         _assert_same_weights(one / "sweep" / tag, two / "sweep" / tag, atol=2e-6)
@@ -109,7 +110,7 @@ def test_resume_after_interrupt(cohort, two_processes, tmp_path):
 
 
 def _select(rank, pre_all, k, oversample, sync_free):
-    from sae1n.distributed.sae import BatchStatsSync
+    from sae1n.sae.distributed import BatchStatsSync
 
     sync = BatchStatsSync(oversample=oversample, slack=0)
     sync.global_rows = pre_all.shape[0]

@@ -142,5 +142,14 @@ def format_summary(r: DemoResult) -> str:
     ]
     for exp, auc in r.mil_test_auc.items():
         lines.append(f"  slide AUROC {exp}: {f(auc)}")
+    lines += _sae_health_lines(r.report.parent / "logs" / "metrics.csv")
     lines += [f"  total time: {r.seconds:.0f} s", f"  report: {r.report}", f"  explore every neuron: sae1n browse {r.report.parent} --slides {r.out_dir / 'data' / 'slides'} --annotations {r.out_dir / 'data' / 'annotations'}", ""]
     return "\n".join(lines)
+
+
+def _sae_health_lines(metrics_csv: Path) -> list[str]:
+    """The SAE's last validation: dead / dense latents and FVU (sae1n.sae.loggers)."""
+    from sae1n.sae.loggers import health_summary
+
+    line = health_summary(metrics_csv)
+    return [f"  SAE dictionary (validation): {line}"] if line else []

@@ -17,7 +17,8 @@ Public API::
         if is_main(): check_every_slide_done(slide_ids, done, what=..., where=...)
 
 The SAE side (gradient all-reduce, rank-global BatchTopK and dead-latent
-statistics) is :mod:`sae1n.distributed.sae`; slide-sharded extraction is
+statistics) is :mod:`sae1n.sae.distributed` (it lives with what it
+distributes); slide-sharded extraction is
 :func:`sae1n.encoders.sharding.extract_features_sharded`.
 """
 

@@ -5,6 +5,7 @@ Public API::
     train_sae(cfg) -> Path                     # sae1n train-sae
     save_sae_features(exp_dir, ...) -> EncodeSummary   # sae1n save-sae-features
     load_sae(path_or_exp_dir) -> BaseSAE       # decoder directions: model.W_dec (F, D)
+    export_sae(exp_dir, fmt="saelens") -> Path  # sae1n export-sae
     build_sae(sae_cfg) -> BaseSAE
     load_sae_config(exp, overrides) -> DictConfig
 
@@ -22,6 +23,7 @@ _EXPORTS = {
     "EncodeSummary": "sae1n.sae.encode",
     "load_sae": "sae1n.sae.checkpoints",
     "save_sae": "sae1n.sae.checkpoints",
+    "export_sae": "sae1n.sae.export",
     "build_sae": "sae1n.sae.models",
     "SAEConfig": "sae1n.sae.models",
     "BaseSAE": "sae1n.sae.models",
@@ -29,6 +31,8 @@ _EXPORTS = {
     "TopKSAE": "sae1n.sae.models",
     "VanillaSAE": "sae1n.sae.models",
     "JumpReLUSAE": "sae1n.sae.models",
+    "MatryoshkaBatchTopKSAE": "sae1n.sae.models",
+    "SAETrainer": "sae1n.sae.trainer",
     "load_sae_config": "sae1n.sae.config",
     "evaluate": "sae1n.sae.metrics",
 }

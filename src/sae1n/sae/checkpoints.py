@@ -14,6 +14,7 @@ import torch
 
 from sae1n.errors import InputFileError
 from sae1n.io import atomic_path, atomic_write_json
+from sae1n.io.provenance import Provenance, provenance_metadata
 from sae1n.sae.models import BaseSAE, SAEConfig, build_sae
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,12 @@ def save_sae(
     *,
     config: Mapping | None = None,
     extra: Mapping | None = None,
+    provenance: Provenance | None = None,
 ) -> Path:
-    """Write ``model``'s weights and buffers to ``path`` (.safetensors) atomically;
-    ``config`` (the full run config), when given, is also written beside it as
-    ``config_<suffix>.json`` (the paper's layout: ``sae_best`` -> ``config_best.json``)."""
+    """Write ``model``'s weights and buffers to ``path`` (.safetensors) atomically
+    (mode 0644); ``config`` (the full run config), when given, is also written
+    beside it as ``config_<suffix>.json`` (the paper's layout: ``sae_best`` ->
+    ``config_best.json``); ``provenance`` goes into the metadata."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -39,13 +42,27 @@ def save_sae(
     meta = {"format": FORMAT, "sae_config": json.dumps(model.cfg.to_dict())}
     for k, v in (extra or {}).items():
         meta[str(k)] = json.dumps(v)
+    if provenance is not None:
+        meta.update(provenance_metadata(provenance))
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)
     if config is not None:
         payload = dict(config)
         if extra:
             payload["checkpoint_info"] = dict(extra)
         atomic_write_json(config_path_for(path), payload)
+    return path
+
+
+def write_paper_pt(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]) -> Path:
+    """The paper's checkpoint file: a plain state dict saved with ``torch.save``
+    (CPU tensors), written atomically, mode 0644."""
+    path = Path(path)
+    state = {k: v.detach().to("cpu").clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        os.chmod(tmp, 0o644)
     return path
 
 

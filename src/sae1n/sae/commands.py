@@ -106,3 +106,38 @@ def run_save_sae_features(args) -> int:
         f"encoded {len(s.encoded)} slides ({', '.join(sizes) or 'nothing new'}), skipped {len(s.skipped)} complete -> {s.out_dir}"
     )
     return 0
+
+
+def configure_export_sae(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "exp_dir",
+        help="experiment folder, e.g. output/sae/camelyon16_conch_0 (or a checkpoint file)",
+    )
+    option(p, "--format", default="saelens", choices=["saelens"], help="on-disk layout (default: saelens)")
+    option(
+        p,
+        "--checkpoint",
+        default="best",
+        help="which checkpoint of the experiment: best (default), final, or a step number",
+    )
+    option(
+        p,
+        "--out_dir",
+        default=None,
+        help="output folder (default: <exp_dir>/export/<format>): cfg.json + sae_weights.safetensors",
+    )
+    option(p, "--overwrite", action="store_true", help="replace an export made from another checkpoint")
+
+
+def run_export_sae(args) -> int:
+    from sae1n.sae.export import export_sae
+
+    out = export_sae(
+        args.exp_dir,
+        args.out_dir,
+        fmt=args.format,
+        which=str(args.checkpoint),
+        overwrite=args.overwrite,
+    )
+    print(f"SAE exported ({args.format}) -> {out}")
+    return 0

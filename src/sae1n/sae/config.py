@@ -152,8 +152,10 @@ _RESUME_FREE = {
 }
 
 
-def resume_fingerprint(cfg: DictConfig) -> str:
-    """Hash of the settings that must match for a run to be resumed."""
+def resume_settings(cfg: DictConfig) -> dict:
+    """The settings that shape a run's weights (and must match for it to be
+    resumed): seed, the data keys, ``sae.*`` and ``training.*`` but the
+    bookkeeping keys (frequencies, length, loggers, threads)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     keep = {
         "seed": c.get("seed"),
@@ -163,4 +165,10 @@ def resume_fingerprint(cfg: DictConfig) -> str:
     }
     for section, free in _RESUME_FREE.items():
         keep[section] = {k: v for k, v in (c.get(section) or {}).items() if k not in free}
+    return keep
+
+
+def resume_fingerprint(cfg: DictConfig) -> str:
+    """Hash of :func:`resume_settings`."""
+    keep = resume_settings(cfg)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]

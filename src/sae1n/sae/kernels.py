@@ -21,6 +21,9 @@ gives:
 On CPU entries whose activation is not positive are dropped (they contribute
 nothing and have zero gradient); on CUDA (``sync_free``) all shapes stay
 static so no step waits for the device.
+
+(One coherent thing over ~450 lines: the selection and the fused loss
+with its hand-written backward belong together.)
 """
 
 from __future__ import annotations
@@ -298,6 +301,11 @@ class _LossPlan:
     aux_mask: torch.Tensor | None = None  # (F,) dead mask over all latents (sync-free path)
     diff: torch.Tensor | None = None  # set by forward: x_rec - x_in (overwritten by backward)
     acts: torch.Tensor | None = None  # set by forward: ReLU of the selected values
+    group_ends: tuple[int, ...] | None = None  # Matryoshka: nested prefixes of the dictionary
+    group_ids: torch.Tensor | None = None  # set by forward: the group of each entry
+    prefix_diffs: list | None = None  # set by forward: x_rec_p - x_in of the prefixes but the last
+    prefix_l2: torch.Tensor | None = None  # set by forward: (P,) MSE of each prefix
+    full_l2: torch.Tensor | None = None  # set by forward: MSE of the full reconstruction
 
     @property
     def has_aux(self) -> bool:
@@ -322,10 +330,14 @@ class _SparseTopKLosses(torch.autograd.Function):
         acts = codes.vals if codes.positive else codes.vals.clamp(min=0)
         plan.acts = acts
         crow = codes.crow()
-        with all_threads():
-            diff = _embedding_bag_sum(codes.cols, W_dec, crow, acts)
-        diff.sub_(x_cent)  # x_rec - x_in = decoded - (x_in - b_dec)
-        l2 = _sum_of_squares(diff) / n
+        if plan.group_ends is None:
+            with all_threads():
+                diff = _embedding_bag_sum(codes.cols, W_dec, crow, acts)
+            diff.sub_(x_cent)  # x_rec - x_in = decoded - (x_in - b_dec)
+            l2 = _sum_of_squares(diff) / n
+            plan.full_l2 = l2
+        else:
+            diff, l2 = _prefix_decodes(plan, codes, acts, W_dec, x_cent, n)
         l1_norm = acts.sum() / batch
         aux = torch.zeros((), dtype=x_in.dtype, device=x_in.device)
         err = acts_aux = w_dec_aux = None
@@ -368,7 +380,9 @@ class _SparseTopKLosses(torch.autograd.Function):
         plan: _LossPlan = ctx.plan
         codes, x_cent = plan.codes, plan.x_cent
         n, batch = diff.numel(), diff.shape[0]
-        grad_rec = diff.mul_(2.0 * g_l2 / n)  # d loss / d x_rec (diff is not needed any more)
+        # d loss / d x_rec (diff is not needed any more); Matryoshka: of the full prefix
+        n_prefix = 1 if plan.group_ends is None else len(plan.group_ends)
+        grad_rec = diff.mul_(2.0 * g_l2 / (n * n_prefix))
         g_err = None
         if err is not None:
             scale = 2.0 * plan.aux_penalty * g_aux / n
@@ -376,7 +390,14 @@ class _SparseTopKLosses(torch.autograd.Function):
                 scale = scale * plan.aux_mask.any().to(scale.dtype)
             g_err = err.mul_(scale)  # err is not needed any more
             grad_rec.add_(g_err)
-        g_acts = sddmm(codes, grad_rec, W_dec)  # serial: its bookkeeping copies outweigh the dots
+        if plan.group_ends is None:
+            g_acts = sddmm(codes, grad_rec, W_dec)  # serial: its bookkeeping copies outweigh the dots
+            suffix = None
+        else:  # Matryoshka: an entry of group g feeds the prefixes g..P-1
+            suffix = _prefix_grads(plan, grad_rec, 2.0 * g_l2 / (n * len(plan.group_ends)))
+            g_acts = torch.zeros(codes.nnz, dtype=grad_rec.dtype, device=grad_rec.device)
+            for g, grad_g in enumerate(suffix):
+                g_acts = torch.where(plan.group_ids == g, sddmm(codes, grad_g, W_dec), g_acts)
         if g_l1.is_cuda or float(g_l1) != 0.0:  # the paper's default l1_coeff is 0
             g_acts.add_(g_l1 / batch)
         if not codes.positive:
@@ -385,13 +406,21 @@ class _SparseTopKLosses(torch.autograd.Function):
         rows_by_col = codes.rows.index_select(0, perm)
         acts_by_col, g_by_col = acts.index_select(0, perm), g_acts.index_select(0, perm)
         with all_threads():
-            g_w_dec = _embedding_bag_sum(rows_by_col, grad_rec, ptr, acts_by_col)
+            if suffix is None:
+                g_w_dec = _embedding_bag_sum(rows_by_col, grad_rec, ptr, acts_by_col)
+            else:  # each decoder row takes the gradient of its own group's prefixes
+                g_w_dec, start = torch.empty_like(W_dec), 0
+                for end, grad_g in zip(plan.group_ends, suffix):
+                    part = _embedding_bag_sum(rows_by_col, grad_g, ptr, acts_by_col)
+                    g_w_dec[start:end] = part[start:end]
+                    start = end
             g_w_enc_t = _embedding_bag_sum(rows_by_col, x_cent, ptr, g_by_col)
         col_sum = torch.zeros(W_dec.shape[0], dtype=g_acts.dtype, device=g_acts.device).index_add_(
             0, codes.cols, g_acts
         )
+        rec_all = grad_rec if suffix is None else suffix[0]  # b_dec is in every prefix
         g_b_dec = torch.mv(
-            grad_rec.t(), torch.ones(batch, dtype=grad_rec.dtype, device=grad_rec.device)
+            rec_all.t(), torch.ones(batch, dtype=rec_all.dtype, device=rec_all.device)
         )
         if err is not None:
             ones = torch.ones(batch, dtype=g_err.dtype, device=g_err.device)
@@ -410,6 +439,37 @@ class _SparseTopKLosses(torch.autograd.Function):
         g_b_dec.sub_(W_enc @ col_sum)
         g_b_enc = col_sum if ctx.has_b_enc else None
         return g_w_enc_t.t(), g_b_enc, g_b_dec, g_w_dec, None
+
+
+def _prefix_decodes(plan: _LossPlan, codes: SparseCodes, acts, W_dec, x_cent, n: int):
+    """Matryoshka forward: ``x_rec_p - x_in`` of every prefix of groups; the
+    mean of their MSEs; keeps the prefixes' differences for the backward."""
+    ends = torch.tensor(plan.group_ends, dtype=codes.cols.dtype, device=codes.cols.device)
+    gid = torch.bucketize(codes.cols, ends, right=True)
+    plan.group_ids = gid
+    crow = codes.crow()
+    diffs, running = [], None
+    for g in range(len(plan.group_ends)):
+        w = torch.where(gid == g, acts, torch.zeros_like(acts))
+        with all_threads():
+            part = _embedding_bag_sum(codes.cols, W_dec, crow, w)
+        running = part.sub_(x_cent) if running is None else running.add_(part)
+        diffs.append(running.clone() if g < len(plan.group_ends) - 1 else running)
+    plan.prefix_diffs = diffs[:-1]
+    plan.prefix_l2 = torch.stack([_sum_of_squares(d) / n for d in diffs])
+    plan.full_l2 = plan.prefix_l2[-1]
+    return diffs[-1], plan.prefix_l2.mean()
+
+
+def _prefix_grads(plan: _LossPlan, grad_full: torch.Tensor, scale) -> list[torch.Tensor]:
+    """Matryoshka backward: ``G_g`` = sum over prefixes p >= g of d loss / d x_rec_p
+    (``grad_full`` already holds the last prefix's, AuxK included)."""
+    out = [grad_full]
+    running = grad_full
+    for d in reversed(plan.prefix_diffs):
+        running = running + d * scale
+        out.append(running)
+    return out[::-1]
 
 
 def sparse_sae_loss(model, x: torch.Tensor, *, sync_free: bool | None = None) -> dict:
@@ -433,6 +493,7 @@ def _sparse_sae_loss(model, x: torch.Tensor, sync_free: bool) -> dict:
         if model.stats_update_enabled:
             model.update_stats(codes.cols, codes.vals, positive=codes.positive)
         plan = _LossPlan(x_in, x_cent, codes, cfg.top_k_aux, cfg.aux_penalty)
+        plan.group_ends = getattr(model, "group_ends", None)
         if cfg.aux_penalty > 0 and cfg.top_k_aux > 0:
             dead = model.num_batches_not_active >= cfg.n_batches_to_dead
             if sync_free:
@@ -452,7 +513,7 @@ def _sparse_sae_loss(model, x: torch.Tensor, sync_free: bool) -> dict:
         if codes.positive
         else (acts > 0).sum().to(x_in.dtype) / batch
     )
-    return {
+    out = {
         "loss": l2_loss + l1_loss + aux_loss,
         "l2_loss": l2_loss,
         "l1_loss": l1_loss,
@@ -466,3 +527,7 @@ def _sparse_sae_loss(model, x: torch.Tensor, sync_free: bool) -> dict:
         "codes": codes,
         "acts": acts,
     }
+    if plan.group_ends is not None:  # the training loss is the prefixes' mean
+        out["l2_loss"] = plan.full_l2.detach()
+        out["prefix_l2_loss"] = plan.prefix_l2.detach()
+    return out

@@ -10,6 +10,26 @@ from sae1n.sae.models import BaseSAE
 
 LOSS_KEYS = ("loss", "l2_loss", "l1_loss", "aux_loss", "l0_norm", "l1_norm")
 
+# firing-frequency histogram: fraction of latents whose share of rows with a
+# positive activation falls in each bin (``never`` = dead on these rows)
+FREQ_BIN_EDGES = (1e-4, 1e-3, 1e-2, 1e-1)
+FREQ_BIN_NAMES = ("never", "lt_1e-4", "1e-4_1e-3", "1e-3_1e-2", "1e-2_1e-1", "ge_1e-1")
+
+
+def frequency_histogram(fired: torch.Tensor, n_rows: int) -> dict[str, float]:
+    """``{bin name: fraction of latents}`` from per-latent fired counts."""
+    fired = fired.double()
+    freq = fired / max(int(n_rows), 1)
+    f = fired.numel()
+    out = {"never": float((fired == 0).sum()) / f}
+    lo = 0.0
+    names = FREQ_BIN_NAMES[1:]
+    for name, hi in zip(names, (*FREQ_BIN_EDGES, float("inf"))):
+        inside = (fired > 0) & (freq >= lo) & (freq < hi)
+        out[name] = float(inside.sum()) / f
+        lo = hi
+    return out
+
 
 def fired_counts(out: dict, dict_size: int) -> torch.Tensor:
     """Per-latent number of rows with a positive activation in one forward output."""
@@ -61,6 +81,8 @@ class MetricAccumulator:
         freq = self.fired / n
         out["dead_frac"] = float((self.fired == 0).double().mean())
         out["dense_frac"] = float((freq > dense_latent_freq).double().mean())
+        for name, v in frequency_histogram(self.fired, n).items():
+            out[f"freq_{name}"] = v
         out["n_tokens"] = n
         return out
 

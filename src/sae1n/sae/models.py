@@ -1,4 +1,6 @@
-"""Sparse autoencoders: BatchTopK (default), TopK, ReLU+L1 ("vanilla"), JumpReLU.
+"""Sparse autoencoders: BatchTopK (default), TopK, ReLU+L1 ("vanilla"), JumpReLU,
+and Matryoshka BatchTopK (nested prefixes of the dictionary, each trained to
+reconstruct; Bussmann et al. 2025).
 
 Parameter and buffer names follow the paper's code (``W_enc`` (D, F),
 ``W_dec`` (F, D), ``b_enc``, ``b_dec``, ``threshold``,
@@ -17,6 +19,9 @@ Two defects of the paper's code are fixed, each with a switch restoring it:
   the model. Here they update only in training mode.
 * ``paper_compat_no_b_enc``: the paper's TopK/BatchTopK encoders never add
   ``b_enc``. Here they do.
+
+(One coherent thing over ~450 lines: the five SAE types share one base
+class, its statistics and its loss pieces.)
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import torch.nn.functional as F
 from sae1n.errors import ConfigError
 from sae1n.sae import kernels
 
-MODEL_TYPES = ("BatchTopKSAE", "TopKSAE", "VanillaSAE", "JumpReLUSAE")
+MODEL_TYPES = ("BatchTopKSAE", "TopKSAE", "VanillaSAE", "JumpReLUSAE", "MatryoshkaBatchTopKSAE")
 _ALIASES = {
+    "matryoshka": "MatryoshkaBatchTopKSAE",
+    "matryoshka_batchtopk": "MatryoshkaBatchTopKSAE",
     "batchtopk": "BatchTopKSAE",
     "batch_topk": "BatchTopKSAE",
     "topk": "TopKSAE",
@@ -74,6 +81,7 @@ class SAEConfig:
     paper_compat_no_b_enc: bool = False
     paper_compat_update_in_eval: bool = False
     fast_kernels: bool = True
+    group_sizes: list[int] | None = None  # MatryoshkaBatchTopKSAE: nested prefix sizes
 
     @classmethod
     def from_mapping(cls, m: Mapping) -> SAEConfig:
@@ -107,7 +115,8 @@ class SAEConfig:
             raise ConfigError(
                 f"sae.act_size and sae.dict_size must be positive (got {self.act_size}, {self.dict_size})"
             )
-        if self.model_type in ("BatchTopKSAE", "TopKSAE") and not 0 < self.top_k <= self.dict_size:
+        self.group_sizes = _check_groups(self)
+        if self.model_type in ("BatchTopKSAE", "TopKSAE", "MatryoshkaBatchTopKSAE") and not 0 < self.top_k <= self.dict_size:
             raise ConfigError(
                 f"sae.top_k must be in 1..dict_size={self.dict_size}, got {self.top_k}"
             )
@@ -123,12 +132,43 @@ class SAEConfig:
         return asdict(self)
 
 
+def default_group_sizes(dict_size: int) -> list[int]:
+    """Matryoshka groups when none are given: 1/16, 1/16, 1/8, 1/4, 1/2 of
+    the dictionary (each prefix twice the previous), rest to the last group."""
+    if dict_size < 16:
+        first = max(1, dict_size // 2)
+        return [first, dict_size - first] if dict_size > first else [dict_size]
+    sizes = [dict_size // 16, dict_size // 16, dict_size // 8, dict_size // 4]
+    return sizes + [dict_size - sum(sizes)]
+
+
+def _check_groups(cfg: SAEConfig) -> list[int] | None:
+    if cfg.model_type != "MatryoshkaBatchTopKSAE":
+        return None
+    sizes = cfg.group_sizes
+    if sizes is None:
+        return default_group_sizes(cfg.dict_size)
+    if isinstance(sizes, str | bytes) or not hasattr(sizes, "__iter__"):
+        raise ConfigError(f"sae.group_sizes must be a list of integers, got {sizes!r}")
+    out = []
+    for v in sizes:
+        if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or int(v) <= 0:
+            raise ConfigError(f"sae.group_sizes must be positive integers, got {list(sizes)!r}")
+        out.append(int(v))
+    if not out or sum(out) != cfg.dict_size:
+        raise ConfigError(
+            f"sae.group_sizes {out} must add up to the dictionary size {cfg.dict_size} "
+            "(or leave sae.group_sizes=null for 1/16, 1/16, 1/8, 1/4, 1/2 of it)"
+        )
+    return out
+
+
 class BaseSAE(nn.Module):
     """Parameters, normalisation, decoder-norm upkeep and the statistics shared
     by every SAE; subclasses define the activation."""
 
     supports_sparse_kernels = False
-    # set by a multi-process trainer (sae1n.distributed.sae.BatchStatsSync): makes the
+    # set by a multi-process trainer (sae1n.sae.distributed.BatchStatsSync): makes the
     # batch-wide selection and statistics global over the ranks in training
     batch_sync = None
 
@@ -233,6 +273,11 @@ class BaseSAE(nn.Module):
         """:meth:`update_stats` from a dense (B, F) activation matrix."""
         nz = (acts > 0).nonzero()
         self.update_stats(nz[:, 1], acts[nz[:, 0], nz[:, 1]], positive=True)
+
+    # ------------------------------------------------------------------ dead latents
+    def dead_mask(self) -> torch.Tensor:
+        """Latents that have not fired for ``n_batches_to_dead`` training batches."""
+        return self.num_batches_not_active >= self.cfg.n_batches_to_dead
 
     # ------------------------------------------------------------------ decoder norm
     @torch.no_grad()
@@ -429,9 +474,8 @@ class BatchTopKSAE(TopKSAE):
             torch.where(torch.isfinite(m), (1 - lr) * self.threshold + lr * m, self.threshold)
         )
 
-    def forward_dense(self, x):
-        x_in, x_mean, x_std = self.preprocess_input(x)
-        acts = F.relu(self.encoder_preacts(x_in - self.b_dec))
+    def _selected_dense(self, acts: torch.Tensor) -> torch.Tensor:
+        """The dense (B, F) activations kept by the current mode's rule."""
         if self.training and self.batch_sync is not None:
             codes = self.select_codes(acts.detach())  # the rank-global selection
             keep = torch.zeros_like(acts).index_put_(
@@ -440,17 +484,79 @@ class BatchTopKSAE(TopKSAE):
             acts_topk = acts * keep
         elif self.training:
             flat = acts.flatten()
-            top = torch.topk(flat, min(self.cfg.top_k * x.shape[0], flat.numel()), dim=-1)
+            top = torch.topk(flat, min(self.cfg.top_k * acts.shape[0], flat.numel()), dim=-1)
             acts_topk = (
                 torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
             )
         else:
             acts_topk = torch.where(acts > self.threshold, acts, torch.zeros_like(acts))
+        return acts_topk
+
+    def forward_dense(self, x):
+        x_in, x_mean, x_std = self.preprocess_input(x)
+        acts = F.relu(self.encoder_preacts(x_in - self.b_dec))
+        acts_topk = self._selected_dense(acts)
         x_rec = acts_topk @ self.W_dec + self.b_dec
         if self.stats_update_enabled:
             self.update_stats_dense(acts_topk.detach())
         aux = self._aux_loss_dense(x_in, x_rec, acts)
         out = self._loss_dict(x_in, x_rec, acts_topk, aux, x_mean, x_std)
+        out["threshold"] = self.threshold
+        return out
+
+
+class MatryoshkaBatchTopKSAE(BatchTopKSAE):
+    """BatchTopK whose dictionary is cut into nested groups (``group_sizes``):
+    the latents of the first group alone, of the first two, ... and of all
+    reconstruct the input, and the training loss is the mean of those
+    prefixes' squared errors (plus AuxK on the full reconstruction's
+    residual). The selection, threshold, kernels and encoding are
+    BatchTopK's; early groups learn the coarse, frequent features.
+
+    ``l2_loss`` (and FVU) in the outputs are the full reconstruction's;
+    ``loss`` holds the mean over prefixes."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        ends, total = [], 0
+        for g in cfg.group_sizes:
+            total += int(g)
+            ends.append(total)
+        self.group_ends = tuple(ends)
+
+    def group_of(self, latents: torch.Tensor) -> torch.Tensor:
+        """The group index of each latent index."""
+        ends = torch.tensor(self.group_ends, device=latents.device, dtype=latents.dtype)
+        return torch.bucketize(latents, ends, right=True)
+
+    @torch.no_grad()
+    def prefix_reconstructions(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Inference reconstructions of ``x`` from the first 1, 2, ... groups."""
+        x_in, x_mean, x_std = self.preprocess_input(x)
+        acts = self.encode(x)
+        out, rec, start = [], self.b_dec.expand_as(x_in), 0
+        for end in self.group_ends:
+            rec = rec + acts[:, start:end] @ self.W_dec[start:end]
+            out.append(self.postprocess_output(rec, x_mean, x_std))
+            start = end
+        return out
+
+    def forward_dense(self, x):
+        x_in, x_mean, x_std = self.preprocess_input(x)
+        acts = F.relu(self.encoder_preacts(x_in - self.b_dec))
+        acts_topk = self._selected_dense(acts)
+        x_rec, start, prefix_l2 = self.b_dec, 0, []
+        for end in self.group_ends:
+            x_rec = x_rec + acts_topk[:, start:end] @ self.W_dec[start:end]
+            prefix_l2.append((x_rec.float() - x_in.float()).pow(2).mean())
+            start = end
+        if self.stats_update_enabled:
+            self.update_stats_dense(acts_topk.detach())
+        aux = self._aux_loss_dense(x_in, x_rec, acts)
+        out = self._loss_dict(x_in, x_rec, acts_topk, aux, x_mean, x_std)
+        train_l2 = torch.stack(prefix_l2).mean()
+        out["loss"] = train_l2 + out["l1_loss"] + aux
+        out["prefix_l2_loss"] = torch.stack(prefix_l2).detach()
         out["threshold"] = self.threshold
         return out
 
@@ -554,6 +660,7 @@ _CLASSES = {
     "TopKSAE": TopKSAE,
     "VanillaSAE": VanillaSAE,
     "JumpReLUSAE": JumpReLUSAE,
+    "MatryoshkaBatchTopKSAE": MatryoshkaBatchTopKSAE,
 }
 
 

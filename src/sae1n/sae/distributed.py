@@ -1,7 +1,11 @@
 """SAE training on several processes, step for step equal to one process.
 
+The trainer (:mod:`sae1n.sae.trainer`) talks to one small interface,
+:class:`StatsSync` (:func:`make_sync` picks the one-process no-op or
+:class:`RankSync`); everything below is what :class:`RankSync` uses.
+
 A global batch of B rows is split across the ranks (``rows[rank::world]``,
-see :func:`sae1n.sae.train.batch_rows`). Three things make the W-process
+see :func:`sae1n.sae.data.batch_rows`). Three things make the W-process
 step the one-process step, up to float rounding:
 
 * gradients (:class:`GradientAllReduce`): every loss term is a mean over
@@ -33,6 +37,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as tdist
 
+from sae1n import distributed as dist
 from sae1n.distributed import collective_device, is_main, world_size
 from sae1n.sae import kernels
 
@@ -139,7 +144,7 @@ class BatchStatsSync:
 
 
 class GradientAllReduce:
-    """``after_backward`` hook of :func:`sae1n.sae.train.train_step`: turns
+    """``after_backward`` hook of :func:`sae1n.sae.trainer.train_step`: turns
     each rank's gradient of its local mean loss into the gradient of the
     global-batch mean loss, identical on every rank. Set the rows with
     :meth:`set_rows` before each step."""
@@ -242,3 +247,104 @@ def reduce_metric_accumulator(acc, act_size: int) -> None:
         acc.sums[k] = parts[1 + i]
     acc.sq_err, acc.x_sq, x_sum, acc.fired = parts[1 + len(LOSS_KEYS) :]
     acc.x_sum = x_sum if acc.n else None
+
+
+# ----------------------------------------------------------------------------- the interface
+
+
+class StatsSync:
+    """What the trainer asks of "the other processes"; this base class is the
+    one-process case, where every call is a no-op or the identity."""
+
+    distributed = False
+
+    def attach(self, model) -> None:
+        """Start training ``model`` (same weights on every rank, global batch statistics)."""
+
+    def detach(self, model) -> None:
+        """Training of ``model`` ended (its statistics are local again)."""
+
+    def before_step(self, model, local_rows: int, global_rows: int) -> None:
+        """The rows of this rank's share and of the whole global batch."""
+
+    def after_backward(self, model) -> None:
+        """Make the gradients those of the global-batch loss."""
+
+    def check_same_start(self, steps: Sequence[int], where) -> None:
+        """Every rank resumes from the same steps."""
+
+    def before_validation(self, model, label: str) -> None:
+        """Checks before the numbers that decide the best checkpoint."""
+
+    def sum(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Sum tensors over the ranks (float64)."""
+        return [t.double() for t in tensors]
+
+    def val_rows(self, model, rows):
+        """This rank's share of the validation rows."""
+        return rows
+
+    def reduce_metrics(self, model):
+        """A ``reduce`` for :func:`sae1n.sae.metrics.evaluate` (None: nothing to add)."""
+        return None
+
+
+class RankSync(StatsSync):
+    """Several processes (see the module docstring)."""
+
+    distributed = True
+
+    def __init__(self):
+        self.grads = GradientAllReduce()
+        self.me = dist.info()
+
+    def attach(self, model) -> None:
+        broadcast_module(model)
+        model.batch_sync = BatchStatsSync()
+
+    def detach(self, model) -> None:
+        model.batch_sync = None
+
+    def before_step(self, model, local_rows: int, global_rows: int) -> None:
+        self.grads.set_rows(local_rows, global_rows)
+        if model.batch_sync is not None:
+            model.batch_sync.global_rows = global_rows
+
+    def after_backward(self, model) -> None:
+        self.grads(model)
+
+    def check_same_start(self, steps: Sequence[int], where) -> None:
+        from sae1n.errors import ConfigError
+
+        every = dist.all_gather_objects(list(steps))
+        if any(s != every[0] for s in every):
+            raise ConfigError(
+                f"{where}: the processes found different resume states "
+                f"(steps per rank: {every}); put output_dir on a filesystem every node sees, "
+                "or set training.resume=false"
+            )
+
+    def before_validation(self, model, label: str) -> None:
+        resync_if_drifted(model, label)
+
+    def sum(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return all_reduce_sums(tensors)
+
+    def val_rows(self, model, rows):
+        import numpy as np
+
+        if model.cfg.paper_compat_update_in_eval:  # validation updates statistics: all rows everywhere
+            return rows
+        return np.array_split(rows, self.me.world_size)[self.me.rank]
+
+    def reduce_metrics(self, model):
+        if model.cfg.paper_compat_update_in_eval:
+            return None
+        from functools import partial
+
+        return partial(reduce_metric_accumulator, act_size=model.act_size)
+
+
+def make_sync() -> StatsSync:
+    """:class:`RankSync` inside a process group, else the one-process :class:`StatsSync`."""
+    return RankSync() if dist.info().distributed else StatsSync()

@@ -1,0 +1,583 @@
+"""The SAE trainer: :class:`SAETrainer` runs one pass over the data for one
+SAE or a sweep of them (each with its own optimiser and outputs).
+
+The loop, as the algorithm reads::
+
+    for step, x in batches(start .. total):
+        for each run at this step:
+            train_step(run, x)                 # loss, backward, clip, Adam, renormalise
+            if validation due:  validate, log, keep the best checkpoint
+            if checkpoint due:  save sae_<step>
+        progress, callbacks
+    save sae_final (+ sae_best when there is no validation set)
+
+Data are :mod:`sae1n.sae.data`, the metric writers :mod:`sae1n.sae.loggers`,
+the other processes (``torchrun``) :mod:`sae1n.sae.distributed` behind
+:class:`~sae1n.sae.distributed.StatsSync`. Outputs per run
+(``output/sae/<exp>/`` or ``.../sweep/<tag>/``)::
+
+    checkpoints/sae_best.safetensors + config_best.json   (lowest val loss)
+    checkpoints/sae_final.safetensors + config_final.json
+    checkpoints/sae_<step>.safetensors + config_<step>.json (every checkpoint_freq)
+    checkpoints/sae_best.pt, sae_<step>.pt   (the paper's files; checkpoint.paper_pt=true)
+    checkpoints/resume_state.pt    (model + optimiser + progress; training.resume=true)
+    logs/metrics.csv               (one row per validation)
+    logs/tensorboard/              (when tensorboard is installed)
+
+Every checkpoint carries a provenance record (:mod:`sae1n.io.provenance`):
+the settings that shape the model and the identity of the packed store and
+split; resuming with other settings or other data is refused.
+
+(One coherent thing over ~450 lines: the step, the run state and the loop
+that drives them; data, loggers and the other processes live apart.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sae1n import distributed as dist
+from sae1n.errors import ConfigError, InputFileError
+from sae1n.io import Provenance, atomic_path
+from sae1n.sae import metrics as sae_metrics
+from sae1n.sae.checkpoints import load_state_into, save_sae, write_paper_pt
+from sae1n.sae.config import expand_sweep, experiment_dir, resume_settings, run_dir
+from sae1n.sae.data import Batches, TrainingData, prepare_data, use_prefetch_thread
+from sae1n.sae.distributed import StatsSync, make_sync
+from sae1n.sae.kernels import few_threads
+from sae1n.sae.loggers import MetricsLog, warn_if_dead
+from sae1n.sae.models import BaseSAE, SAEConfig, build_sae
+from sae1n.utils import progress, seed_everything
+
+log = logging.getLogger("sae1n.sae.train")
+
+RESUME_FILE = "resume_state.pt"
+_RESUME_FORMAT = 2
+CHECKPOINT_KIND = "sae-checkpoint"
+CHECKPOINT_SCHEMA = 1
+# rows of the train set whose mean initialises b_dec (sae.b_dec_init=mean)
+B_DEC_INIT_ROWS = 65536
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def train_step(
+    model: BaseSAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    max_grad_norm: float,
+    *,
+    after_backward: Callable[[BaseSAE], None] | None = None,
+) -> dict:
+    """One optimisation step: loss (statistics update inside the forward),
+    backward, optional hook (e.g. a gradient all-reduce), clipping, removal of
+    the decoder-parallel gradient, optimiser step, decoder renormalisation."""
+    model.train()
+    out = model(x)
+    out["loss"].backward()
+    if after_backward is not None:
+        after_backward(model)
+    with few_threads(enabled=not x.is_cuda):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        model.remove_parallel_decoder_grad()
+        optimizer.step()
+        model.normalize_decoder()
+        optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def make_optimizer(model: BaseSAE, training: DictConfig) -> torch.optim.Optimizer:
+    """Adam with the configured lr and betas (fused kernel where available)."""
+    kw = dict(
+        lr=float(training.lr),
+        betas=(float(training.get("beta1", 0.9)), float(training.get("beta2", 0.99))),
+    )
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), **kw)
+
+
+def default_threads(device: str) -> int:
+    """Compute threads when ``training.num_threads`` is unset: every core this
+    process may use on CPU (the batch loader is one extra thread that mostly
+    waits on memory); on CUDA torch's own default."""
+    if str(device).startswith("cuda"):
+        return torch.get_num_threads()
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class TrainSums:
+    """Running token-weighted sums of the training loss terms (kept on the
+    device: no synchronisation per step)."""
+
+    KEYS = ("loss", "l2_loss", "aux_loss", "l0_norm")
+
+    def __init__(self):
+        self.n = 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, out: dict) -> None:
+        b = out["x_in"].shape[0]
+        self.n += b
+        for k in self.KEYS:
+            v = out[k].detach() * b
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+
+    def reduce(self, sync: StatsSync) -> None:
+        """Add the sums of every process."""
+        if not sync.distributed:
+            return
+        zero = torch.zeros((), dtype=torch.float64)
+        parts = sync.sum(
+            [torch.tensor(float(self.n), dtype=torch.float64)]
+            + [self.sums.get(k, zero) for k in self.KEYS]
+        )
+        self.n = int(round(float(parts[0])))
+        self.sums = {k: v for k, v in zip(self.KEYS, parts[1:])} if self.n else {}
+
+    def result(self) -> dict[str, float]:
+        return {k: float(v) / self.n for k, v in self.sums.items()} if self.n else {}
+
+
+@dataclass
+class Run:
+    """One SAE being trained: its settings, model, optimiser and progress."""
+
+    tag: str | None
+    cfg: DictConfig
+    out_dir: Path
+    model: BaseSAE
+    optimizer: torch.optim.Optimizer
+    provenance: Provenance
+    logs: MetricsLog
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int = -1
+    sums: TrainSums | None = None
+    last_out: dict | None = None
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def label(self) -> str:
+        return self.tag or str(self.cfg.get("exp_name"))
+
+    @property
+    def plain_config(self) -> dict:
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
+    @property
+    def paper_pt(self) -> bool:
+        return bool((self.cfg.get("checkpoint") or {}).get("paper_pt", False))
+
+    def save(self, name: str, extra: dict) -> None:
+        """``checkpoints/sae_<name>.safetensors`` (+ config, + the paper's .pt)."""
+        path = self.ckpt_dir / f"sae_{name}.safetensors"
+        save_sae(self.model, path, config=self.plain_config, extra=extra, provenance=self.provenance)
+        if self.paper_pt:
+            write_paper_pt(path.with_suffix(".pt"), self.model.state_dict())
+
+
+def _resolved_config(cfg: DictConfig, dim: int) -> DictConfig:
+    cfg = cfg.copy()
+    sae = cfg.sae
+    if sae.get("act_size") is None:
+        sae.act_size = dim
+    sae_cfg = SAEConfig.from_mapping(OmegaConf.to_container(sae, resolve=True))
+    sae.dict_size = sae_cfg.dict_size
+    sae.model_type = sae_cfg.model_type
+    if sae_cfg.group_sizes is not None:
+        sae.group_sizes = list(sae_cfg.group_sizes)
+    cfg.data.feature_dir = str(Path(str(cfg.data.feature_dir)).resolve())
+    if cfg.data.get("split_csv_path"):
+        cfg.data.split_csv_path = str(Path(str(cfg.data.split_csv_path)).resolve())
+    return cfg
+
+
+def _check_act_size(cfg: DictConfig, data: TrainingData) -> None:
+    act = cfg.sae.get("act_size")
+    if act is not None and int(act) != data.dim:
+        first = data.paths[data.train_ids[0]]
+        raise InputFileError(
+            first,
+            f"feature dimension {data.dim} differs from sae.act_size={act}",
+            f"set sae.act_size={data.dim}, or point data.feature_dir to features of the intended encoder",
+        )
+
+
+def run_provenance(cfg: DictConfig, data: TrainingData) -> Provenance:
+    """The record of what makes this run's weights: the settings that shape
+    the model (seed, sae.*, training.* but the bookkeeping keys) and the
+    identity of its inputs (the packed store's fingerprint, the slides of each
+    split part, the split file's content)."""
+    inputs: dict = {"features": data.identity()}
+    if data.split_path is not None:
+        inputs["split_csv"] = data.split_path
+    return Provenance.make(
+        CHECKPOINT_KIND, CHECKPOINT_SCHEMA, settings=resume_settings(cfg), inputs=inputs
+    )
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    ckpt = out_dir / "checkpoints"
+    if ckpt.is_dir():
+        for p in ckpt.iterdir():
+            if re.fullmatch(r"(sae_.+\.(safetensors|pt)|config_.+\.json|resume_state\.pt)", p.name):
+                p.unlink()
+    metrics = out_dir / "logs" / "metrics.csv"
+    if metrics.exists():
+        metrics.unlink()
+
+
+@contextmanager
+def _quiet_if_empty(x: torch.Tensor) -> Iterator[None]:
+    """An empty share of a batch (see :func:`batch_rows`) takes part in the
+    collectives only; silence the warnings of its 0 / 0 means."""
+    if x.shape[0]:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class SAETrainer:
+    """Trains the SAE(s) of one experiment config; :meth:`fit` returns the
+    experiment folder."""
+
+    def __init__(self, cfg: DictConfig, device: str, callbacks: Sequence[Callable] = ()):
+        self.cfg = cfg
+        self.device = device
+        self.callbacks = list(callbacks)
+        self.me = dist.info()
+        self.sync = make_sync()
+        training = cfg.training
+        self.batch_size = int(training.batch_size)
+        self.val_freq = int(training.get("validation_freq") or 0)
+        self.ckpt_freq = int(training.get("checkpoint_freq") or 0)
+        self.progress_every = max(1, int(training.get("progress_every") or 10))
+        self.dense_freq = float(training.get("dense_latent_freq", 0.1))
+
+    # ------------------------------------------------------------------ set-up
+    def schedule(self, n_train: int) -> tuple[int, int]:
+        """(steps per epoch, total steps)."""
+        if self.batch_size <= 0:
+            raise ConfigError(f"training.batch_size must be positive, got {self.batch_size}")
+        steps_per_epoch = math.ceil(n_train / self.batch_size)
+        num_tokens = self.cfg.training.get("num_tokens")
+        if num_tokens:
+            return steps_per_epoch, math.ceil(int(num_tokens) / self.batch_size)
+        epochs = self.cfg.training.get("num_epochs")
+        if epochs is None or int(epochs) < 0:
+            raise ConfigError("set training.num_epochs (or training.num_tokens)")
+        return steps_per_epoch, int(epochs) * steps_per_epoch
+
+    def build_run(self, tag: str | None, cfg: DictConfig) -> Run:
+        _check_act_size(cfg, self.data)
+        cfg = _resolved_config(cfg, self.data.dim)
+        seed_everything(int(cfg.seed))
+        model = build_sae(OmegaConf.to_container(cfg.sae, resolve=True)).to(self.device)
+        optimizer = make_optimizer(model, cfg.training)
+        out_dir = run_dir(cfg, tag)
+        run = Run(tag, cfg, out_dir, model, optimizer, run_provenance(cfg, self.data), None)
+        run.logs = MetricsLog(out_dir, run.label)
+        return run
+
+    def resume(self, run: Run) -> bool:
+        """Load ``resume_state.pt`` into ``run`` when there is one; refuse one
+        made with other settings or other data (naming what differs)."""
+        path = run.ckpt_dir / RESUME_FILE
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputFileError(
+                path,
+                f"cannot be read ({type(exc).__name__}: {exc})",
+                "delete it to restart from the last saved weights, or set training.resume=false",
+            ) from exc
+        if state.get("format") != _RESUME_FORMAT:
+            raise InputFileError(
+                path,
+                "has an unknown resume format (made by another sae1n version)",
+                "set training.resume=false to start over",
+            )
+        recorded = Provenance.from_json(state.get("provenance", "{}"))
+        if not run.provenance.matches(recorded):
+            diffs = run.provenance.differences(recorded)
+            shown = "; ".join(diffs[:8]) + (" ..." if len(diffs) > 8 else "")
+            raise ConfigError(
+                f"{path}: this run was started with different settings or data ({shown}); "
+                "use a new exp name, or training.resume=false to start over"
+            )
+        load_state_into(run.model, state["model"], path)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.step = int(state["step"])
+        run.best_val = float(state["best_val"])
+        run.best_step = int(state["best_step"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        run.logs.restore(run.step)
+        return True
+
+    def save_resume(self, run: Run) -> None:
+        state = {
+            "format": _RESUME_FORMAT,
+            "provenance": run.provenance.to_json(),
+            "step": run.step,
+            "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+            "optimizer": run.optimizer.state_dict(),
+            "best_val": run.best_val,
+            "best_step": run.best_step,
+            "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(run.ckpt_dir / RESUME_FILE) as tmp:
+            torch.save(state, tmp)
+        os.chmod(run.ckpt_dir / RESUME_FILE, 0o644)
+
+    @torch.no_grad()
+    def init_from_data(self, run: Run) -> None:
+        """Data-dependent initialisation of a fresh run (``sae.b_dec_init``):
+        ``mean`` / ``median`` set the decoder bias to the mean / coordinate
+        median of (up to) the first 65,536 train rows of epoch 0, the same rows
+        on every process; ``zeros`` keeps the paper's zero bias."""
+        how = str(run.cfg.sae.get("b_dec_init") or "zeros").lower()
+        if how == "zeros":
+            return
+        if how not in ("mean", "median"):
+            raise ConfigError(f"sae.b_dec_init must be zeros, mean or median, got {how!r}")
+        rows = np.sort(self.batches.order(0)[:B_DEC_INIT_ROWS])
+        x = self.data.gather(rows)
+        x, _, _ = run.model.preprocess_input(x)
+        centre = x.mean(0) if how == "mean" else x.median(0).values
+        run.model.b_dec.copy_(centre.to(run.model.b_dec.device))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        self.data = prepare_data(self.cfg)
+        steps_per_epoch, total = self.schedule(len(self.data.train_rows))
+        self.steps_per_epoch, self.total = steps_per_epoch, total
+        prefetch = use_prefetch_thread(
+            self.cfg.data.get("prefetch", "auto"), self.device, torch.get_num_threads()
+        )
+        self.batches = Batches(
+            self.data, int(self.cfg.seed), self.batch_size, self.device, prefetch
+        )
+        runs = [self.build_run(tag, c) for tag, c in expand_sweep(self.cfg)]
+        resume = bool(self.cfg.training.get("resume", True))
+        resumed = [resume and self.resume(run) for run in runs]
+        self.sync.check_same_start([r.step for r in runs], runs[0].ckpt_dir)
+        for run, was_resumed in zip(runs, resumed):
+            if not was_resumed:
+                run.step = 0
+                self.init_from_data(run)
+            if self.me.is_main:
+                if not was_resumed:
+                    _clear_outputs(run.out_dir)
+                run.out_dir.mkdir(parents=True, exist_ok=True)
+                with atomic_path(run.out_dir / "config.yaml") as tmp:
+                    tmp.write_text(OmegaConf.to_yaml(run.cfg))
+        exp_dir = experiment_dir(self.cfg)
+        # rank 0 decides from its files, so every rank runs the same loop
+        unfinished = dist.broadcast_object(
+            [r.step < total or not (r.ckpt_dir / "sae_final.safetensors").is_file() for r in runs]
+        )
+        todo = [r for r, u in zip(runs, unfinished) if u]
+        if not todo:
+            log.info("%s: already trained (%d steps); nothing to do", exp_dir, total)
+            return exp_dir
+        self._announce(runs)
+        for run in todo:
+            if self.me.is_main:
+                run.logs.open(run.cfg)
+            run.sums = TrainSums()
+            self.sync.attach(run.model)
+        try:
+            self.loop(todo)
+        except KeyboardInterrupt:
+            if self.me.is_main:
+                for run in todo:
+                    self.save_resume(run)
+            raise
+        finally:
+            for run in todo:
+                self.sync.detach(run.model)
+                run.logs.close()
+        dist.barrier()  # the outputs exist before any rank returns
+        return exp_dir
+
+    def _announce(self, runs: list[Run]) -> None:
+        d = self.data
+        log.info(
+            "training %d SAE(s) on %d patches from %d slides (val: %d patches, %d slides), "
+            "%d steps of %d on %s, %d threads, batch loading %s%s",
+            len(runs),
+            len(d.train_rows),
+            len(d.train_ids),
+            len(d.val_rows),
+            len(d.val_ids),
+            self.total,
+            self.batch_size,
+            self.device,
+            torch.get_num_threads(),
+            "in a thread" if self.batches.prefetch else "inline",
+            f" x {self.me.world_size} processes" if self.me.distributed else "",
+        )
+
+    def loop(self, runs: list[Run]) -> None:
+        start = min(r.step for r in runs)
+        t0, self.tokens = time.perf_counter(), 0
+        self.t0 = t0
+        bar = progress(
+            total=self.total,
+            desc=f"train-sae {self.cfg.get('exp_name', '')}".strip(),
+            initial=start,
+        )
+        try:
+            for step, x_cpu in self.batches(range(start, self.total)):
+                x = x_cpu.to(self.device, non_blocking=True)
+                global_rows = self.batches.global_rows(step)
+                self.tokens += global_rows
+                for run in runs:
+                    if run.step == step:  # else its saved state is ahead (partly saved sweep)
+                        self.train_one(run, x, global_rows)
+                        self.after_step(run)
+                bar.update(1)
+                if (step + 1) % self.progress_every == 0 or step + 1 == self.total:
+                    self._postfix(bar, runs)
+                for cb in self.callbacks:
+                    cb(step + 1)
+        finally:
+            bar.close()
+        if self.me.is_main:
+            for run in runs:
+                self.finish(run)
+
+    def train_one(self, run: Run, x: torch.Tensor, global_rows: int) -> None:
+        self.sync.before_step(run.model, x.shape[0], global_rows)
+        with _quiet_if_empty(x):
+            run.last_out = out = train_step(
+                run.model,
+                run.optimizer,
+                x,
+                float(run.cfg.training.max_grad_norm),
+                after_backward=self.sync.after_backward if self.sync.distributed else None,
+            )
+        if x.shape[0]:  # a rank's share of a tiny last batch can be empty
+            run.sums.add(out)
+        run.step += 1
+
+    def after_step(self, run: Run) -> None:
+        s = run.step
+        validate = s == self.total or (self.val_freq > 0 and s % self.val_freq == 0)
+        periodic = self.ckpt_freq > 0 and s % self.ckpt_freq == 0
+        if validate:
+            self.validate_and_log(run)
+        if not self.me.is_main:
+            return
+        if periodic:
+            run.save(str(s), {"step": s})
+        if validate or periodic:
+            self.save_resume(run)
+
+    def validate_and_log(self, run: Run) -> None:
+        s = run.step
+        self.sync.before_validation(run.model, run.label)
+        run.sums.reduce(self.sync)
+        train_res = run.sums.result()
+        run.sums = TrainSums()
+        elapsed = time.perf_counter() - self.t0
+        model = run.model
+        row = {
+            "step": s,
+            "epoch": s / self.steps_per_epoch,
+            "tokens": s * self.batch_size,
+            "elapsed_s": elapsed,
+            "tokens_per_s": self.tokens / max(elapsed, 1e-9),
+        }
+        row.update({f"train_{k}": v for k, v in train_res.items()})
+        row["train_dead_frac"] = float(
+            (model.num_batches_not_active >= model.cfg.n_batches_to_dead).double().mean()
+        )
+        if len(self.data.val_rows):
+            res = self.evaluate(run)
+            row.update({f"val_{k}": v for k, v in res.items()})
+            if res["loss"] < run.best_val:  # the same numbers on every rank
+                run.best_val, run.best_step = res["loss"], s
+                if self.me.is_main:
+                    run.save("best", {"step": s, "val_loss": res["loss"]})
+        row["best_step"] = run.best_step
+        run.logs.log(row, write=self.me.is_main)
+
+    def evaluate(self, run: Run) -> dict[str, float]:
+        """Validation metrics; with several processes each evaluates a share of
+        the rows and the sums are added (in paper-compatible mode, where
+        validation updates the statistics, every process evaluates all rows)."""
+        rows = self.sync.val_rows(run.model, self.data.val_rows)
+        return sae_metrics.evaluate(
+            run.model,
+            self.data.val_batches(self.batch_size, self.device, rows, self.batches.prefetch),
+            self.dense_freq,
+            reduce=self.sync.reduce_metrics(run.model),
+        )
+
+    def finish(self, run: Run) -> None:
+        extra = {
+            "step": run.step,
+            "best_step": run.best_step,
+            "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
+        }
+        run.save("final", extra)
+        if run.best_step < 0:  # no validation set: the final weights are the best we have
+            run.save("best", extra)
+        self.save_resume(run)
+        last = run.logs.rows[-1] if run.logs.rows else None
+        log.info(
+            "%s: done, %d steps, best val loss %s at step %d -> %s",
+            run.label,
+            run.step,
+            f"{run.best_val:.5g}" if run.best_step >= 0 else "n/a",
+            run.best_step,
+            run.out_dir,
+        )
+        warn_if_dead(run.label, last)
+
+    def _postfix(self, bar, runs: list[Run]) -> None:
+        out = runs[0].last_out
+        if out is None:
+            return
+        rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+        bar.set_postfix(
+            loss=f"{float(out['loss'].detach()):.4g}",
+            L0=f"{float(out['l0_norm'].detach()):.1f}",
+            FVU=f"{sae_metrics.batch_fvu(out):.3f}",
+            tok_s=f"{rate:,.0f}",
+            runs=len(runs),
+        )
