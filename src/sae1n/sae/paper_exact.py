@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import atomic_path, atomic_write_csv, atomic_write_json
 from sae1n.io.provenance import Provenance, read_provenance, write_sidecar
+from sae1n.sae.checkpoints import write_paper_pt
 from sae1n.utils import progress, resolve_device
 
 log = logging.getLogger(__name__)
@@ -490,10 +491,7 @@ def save_paper_checkpoint(state: Mapping[str, torch.Tensor], path: Path, config:
     ``config_<suffix>.json``, written atomically, with a provenance sidecar."""
     from sae1n.sae.checkpoints import config_path_for
 
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-    path.chmod(0o644)
+    path = write_paper_pt(Path(path), state)
     atomic_write_json(config_path_for(path), dict(config))
     write_sidecar(path, prov)
 
@@ -635,7 +633,8 @@ def export_paper_checkpoints(exp_dir: str | Path) -> list[Path]:
     """Write the paper's ``sae_<name>.pt`` (plain state dict of the paper's keys,
     ``torch.load(weights_only=True)``) beside every ``sae_<name>.safetensors``
     of an experiment (and its sweep runs), so the paper's own tools read sae1n
-    runs (``checkpoint.paper_pt=true``). The ``config_<name>.json`` saved with
+    runs made without ``checkpoint.paper_pt=true`` (with it, the trainer writes
+    them as it saves). The ``config_<name>.json`` saved with
     each checkpoint is already beside it. Note: sae1n's default TopK /
     BatchTopK encoders add ``b_enc``, which the paper's code ignores; train
     with ``sae.paper_compat_no_b_enc=true`` for identical codes there."""
@@ -646,10 +645,7 @@ def export_paper_checkpoints(exp_dir: str | Path) -> list[Path]:
         state = {k: v for k, v in load_file(str(st)).items() if k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
         if "W_enc" not in state:
             continue
-        pt = st.with_suffix(".pt")
-        with atomic_path(pt) as tmp:
-            torch.save({k: v.contiguous() for k, v in state.items()}, tmp)
-        pt.chmod(0o644)
+        pt = write_paper_pt(st.with_suffix(".pt"), state)
         prov = read_provenance(st)
         if prov is not None:
             write_sidecar(pt, prov)

@@ -55,14 +55,6 @@ def train_sae(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None]] = (
         from sae1n.sae.paper_exact import train_sae_paper
 
         return train_sae_paper(cfg, callbacks=callbacks)
-    if OmegaConf.select(cfg, "checkpoint.paper_pt", default=False):
-        from sae1n.sae.paper_exact import export_paper_checkpoints
-
-        plain = cfg.copy()
-        plain.checkpoint.paper_pt = False
-        out = train_sae(plain, callbacks=callbacks)
-        export_paper_checkpoints(out)
-        return out
     if str(cfg.sae.get("dtype", "float32")) != "float32":
         raise ConfigError(f"sae.dtype={cfg.sae.dtype} is not supported; use float32")
     device = resolve_device(cfg.sae.get("device", "auto"))
