@@ -19,7 +19,7 @@ def bags(tmp_path_factory):
 
 
 def _overrides(b):
-    return [f"data.feature_dir={b.feature_dir}", f"data.split_csv_path={b.split_csv}", "sae.dict_size_ratio=2",
+    return [f"data.feature_dir={b.feature_dir}", f"data.split_csv_path={b.split_csv}", "sae.dict_size_ratio=2", "sae.b_dec_init=zeros",
             "sae.top_k=3", "sae.top_k_aux=8", "sae.device=cpu", "training.num_epochs=30", "training.batch_size=32",
             "training.validation_freq=20", "training.tensorboard=false"]
 

@@ -212,13 +212,13 @@ def test_train_sae_compat_paper_writes_paper_layout(ref, tmp_path):
 def test_default_mode_differs_from_paper(ref):
     """Known difference: sae1n's default trainer does not follow the paper's
     stream (epochs over a fixed permutation: ceil(N/B) steps per epoch)."""
-    from sae1n.sae.train import _schedule
+    from sae1n.sae.trainer import SAETrainer
 
     v = _btk_variant(ref)
     cfg = _cfg(ref, v)
     cfg.training.num_tokens = None
     n, bs, epochs = _summary(ref, v)["num_train_rows"], int(cfg.training.batch_size), int(cfg.training.num_epochs)
-    steps_per_epoch, total = _schedule(cfg, n)
+    steps_per_epoch, total = SAETrainer(cfg, "cpu").schedule(n)
     assert total == epochs * -(-n // bs)
     assert (n * epochs) // bs == _summary(ref, v)["num_steps"]  # the paper's count
     if n % bs:  # a partial last batch: the counts differ

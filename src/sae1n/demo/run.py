@@ -63,7 +63,10 @@ def demo_config(out_dir: Path, quick: bool, tiles_dir=None, seed: int = 0) -> di
         "splits": {"k": 5, "repeats": 1, "fold": 0},
         "sae": {
             "exp": "demo",
-            "overrides": [f"training.num_epochs={size['sae_epochs']}", "sae.device=cpu"],
+            # real tiles vary more than painted tissue: a 256-latent dictionary
+            # (the generated slides' features are low-rank: 32, see configs/sae/demo.yaml)
+            "overrides": [f"training.num_epochs={size['sae_epochs']}", "sae.device=cpu"]
+            + ([] if tiles_dir is None else ["sae.dict_size_ratio=4"]),
         },
         "neurons": {"pooling": "max", "top_n": 5},
         "mil": {
