@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sae1n.cliutil import option
+from sae1n.wsi.readers import AUTO_HELP, BACKENDS
 
 
 def configure_extract_features(p: argparse.ArgumentParser) -> None:
@@ -83,8 +84,8 @@ def configure_extract_features(p: argparse.ArgumentParser) -> None:
         p,
         "--backend",
         default="auto",
-        choices=["auto", "openslide", "tiffslide"],
-        help="slide reader (auto: tiffslide for Aperio/generic tiled TIFF, same pixels and faster; else OpenSlide)",
+        choices=BACKENDS,
+        help=AUTO_HELP,
     )
     option(
         p,

@@ -179,39 +179,20 @@ def count_pixels(batches: list[list[RegionRead]]) -> int:
     return sum(r.width * r.height for b in batches for r in b)
 
 
-#: OpenSlide vendors whose files tiffslide decodes to the same pixels (plain
-#: tiled TIFF tiles, no overlaps or stitching), and faster for large regions.
-TIFFSLIDE_SAFE_VENDORS = ("aperio", "generic-tiff")
-
-
 def choose_backend(
     slide_path: str | os.PathLike, backend: str = "auto", coords=None, downsample: float = 1.0
 ) -> str:
-    """The reader for region reads. ``auto`` picks tiffslide for Aperio and
-    generic tiled TIFF files when every patch starts on a whole pixel of the
-    read level (always at level 0): there both readers give the same pixels
-    and tiffslide is about twice as fast for large regions (no ARGB
-    compositing). Otherwise OpenSlide's choice, which also renders CLAM's
-    sub-pixel origins at deeper levels as CLAM saw them. Any other value is kept."""
+    """The backend name to pass to ``open_slide`` for patch reads of
+    ``coords`` at ``downsample`` (level 0 by default): "tiffslide" where the
+    one "auto" policy (:func:`sae1n.wsi.readers.choose_reader`) picks it for
+    these reads, else "auto" (``open_slide`` decides and reports). A named
+    backend is kept."""
     if backend != "auto":
         return backend
-    di = round(downsample)
-    if abs(downsample - di) > 1e-9 or (
-        coords is not None and di > 1 and np.any(np.asarray(coords) % di)
-    ):
-        return "auto"
-    try:
-        import openslide
-        import tiffslide
+    from sae1n.wsi.readers import choose_reader
 
-        if openslide.OpenSlide.detect_format(str(slide_path)) not in TIFFSLIDE_SAFE_VENDORS:
-            return "auto"
-        tiffslide.TiffSlide(str(slide_path)).close()
-    except (
-        Exception
-    ):  # a reader missing or a file tiffslide rejects: open_slide decides and reports
-        return "auto"
-    return "tiffslide"
+    order = choose_reader(slide_path, backend, coords=coords, downsample=downsample)
+    return "tiffslide" if order == ("tiffslide",) else "auto"
 
 
 class RegionReadError(RuntimeError):

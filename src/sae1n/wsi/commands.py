@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sae1n.cliutil import option
+from sae1n.wsi.readers import AUTO_HELP, BACKENDS
 
 
 def configure_create_patches(p: argparse.ArgumentParser) -> None:
@@ -76,8 +77,8 @@ def configure_create_patches(p: argparse.ArgumentParser) -> None:
         p,
         "--backend",
         default="auto",
-        choices=("auto", "openslide", "tiffslide"),
-        help="slide reader (default: OpenSlide, else tiffslide)",
+        choices=BACKENDS,
+        help=AUTO_HELP,
     )
     option(
         p,
