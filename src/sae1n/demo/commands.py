@@ -15,6 +15,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tiles",
         default=None,
+        metavar="DIR",
         help="build mosaic slides from DIR/tumor/*.png and DIR/normal/*.png",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the generated slides")

@@ -10,7 +10,6 @@ from sae1n.cliutil import option
 def configure_extract_features(p: argparse.ArgumentParser) -> None:
     from sae1n.encoders.registry import available_encoders, spec_table
 
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "encoders (details: --list-models):\n" + spec_table()
     option(
         p,

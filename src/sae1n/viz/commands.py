@@ -13,8 +13,9 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         p,
         "--feature_dir",
         type=Path,
-        required=True,
-        help="SAE codes folder (h5 or sparse files with coords)",
+        default=None,
+        help="SAE codes folder (h5 or sparse files with coords); default with --exp_dir: its one "
+        "encoded_features/<dataset>/<features>/ folder",
     )
     option(p, "--data_slide_dir", type=Path, required=True, help="folder holding the slides")
     option(p, "--slide_ext", default=None, help="slide extension, e.g. .tif (default: any known)")
@@ -83,8 +84,20 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         default="minmax",
         help="score scaling per slide",
     )
-    option(p, "--vmin", type=float, default=None)
-    option(p, "--vmax", type=float, default=None)
+    option(
+        p,
+        "--vmin",
+        type=float,
+        default=None,
+        help="score drawn as the colour map's low end, the same on every slide (default: per --normalize)",
+    )
+    option(
+        p,
+        "--vmax",
+        type=float,
+        default=None,
+        help="score drawn as the colour map's high end, the same on every slide (default: per --normalize)",
+    )
     option(p, "--max_size", type=int, default=1024, help="thumbnail's longest side in pixels")
     option(
         p,
@@ -107,6 +120,27 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _encoded_features_dir(exp_dir: Path | None) -> Path:
+    """The default --feature_dir: the experiment's one folder of SAE codes."""
+    from sae1n.errors import ConfigError
+
+    if exp_dir is None:
+        raise ConfigError("pass --feature_dir (the SAE codes folder) or --exp_dir (an SAE experiment with encoded_features/)")
+    enc = Path(exp_dir) / "encoded_features"
+    found = sorted({p.parent for sub in ("sparse_files", "h5_files") for p in enc.glob(f"*/*/{sub}") if p.is_dir()})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConfigError(
+            f"{enc} holds no SAE codes (<dataset>/<features>/sparse_files or h5_files): "
+            "run `sae1n save-sae-features` for this experiment or pass --feature_dir"
+        )
+    raise ConfigError(
+        f"{enc} holds codes of {len(found)} feature sets ({', '.join(str(f.relative_to(enc)) for f in found)}): "
+        "pass --feature_dir to choose one"
+    )
+
+
 def run_heatmap(args) -> int:
     from sae1n.errors import ConfigError
     from sae1n.viz.figures import neuron_figures
@@ -120,8 +154,9 @@ def run_heatmap(args) -> int:
     out = args.output_dir or (args.exp_dir / FIGURES_DIR if args.exp_dir else None)
     if out is None:
         raise ConfigError("pass --output_dir or --exp_dir")
+    feature_dir = args.feature_dir or _encoded_features_dir(args.exp_dir)
     res = neuron_figures(
-        args.feature_dir,
+        feature_dir,
         args.data_slide_dir,
         out,
         unit=args.unit,
