@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze-sae": ("sae1n.neurons.commands", "rank SAE neurons by slide labels (Welch t-test)"),
     "evaluate-patches": ("sae1n.neurons.commands", "patch-level metrics of the selected neuron(s)"),
     "stability": ("sae1n.neurons.commands", "train the SAE with several seeds: is the chosen neuron as good, and the same direction?"),
+    "name-neurons": ("sae1n.neurons.commands", "name SAE neurons with a CLIP-family text tower (writes analysis/neuron_names.csv)"),
     "heatmap": ("sae1n.viz.commands", "paint a neuron's (or attention) scores on the slide"),
     "report": ("sae1n.viz.commands", "self-contained HTML report of an SAE experiment"),
     "browse": ("sae1n.browse.commands", "local web app: every neuron on zoomable slides, notes, QuPath export"),

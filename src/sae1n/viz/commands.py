@@ -193,21 +193,22 @@ def configure_report(p: argparse.ArgumentParser) -> None:
         p,
         "--encoder",
         default=None,
-        help="name the neurons first with this CLIP-family encoder's text tower (conch_v1, clip_vit_b16, plip)",
+        help="convenience: first run `sae1n name-neurons EXP_DIR --encoder NAME` (same options below); "
+        "the report shows analysis/neuron_names.csv whenever it exists",
     )
     option(
         p,
         "--encoder_checkpoint",
         type=Path,
         default=None,
-        help="its weights (default: its environment variable, then the hub); random weights give meaningless names",
+        help="with --encoder: its weights (default: its environment variable, then the hub)",
     )
     option(
         p,
         "--prompts",
         type=Path,
         default=None,
-        help="prompt file, one per line (default: a pathology prompt list)",
+        help="with --encoder: prompt file, one per line (default: a pathology prompt list)",
     )
     option(
         p,
@@ -220,25 +221,23 @@ def configure_report(p: argparse.ArgumentParser) -> None:
 def run_report(args) -> int:
     from sae1n.viz.reporting import report
 
-    if args.encoder:
-        from sae1n.neurons.naming import (
-            DEFAULT_PATHOLOGY_PROMPTS,
-            name_experiment,
-            read_prompts,
-            registry_text_encoder,
-        )
+    named = False
+    if args.encoder:  # the same call as `sae1n name-neurons`
+        from sae1n.neurons.naming import name_experiment_with_encoder, read_prompts
 
-        prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PATHOLOGY_PROMPTS
-        encode_text, to_joint = registry_text_encoder(args.encoder, args.encoder_checkpoint)
-        names = name_experiment(args.exp_dir, encode_text, prompts, image_projection=to_joint)
-        print(
-            f"named the neurons with {args.encoder}'s text tower ({len(prompts)} prompts): {names}"
+        names, named = name_experiment_with_encoder(
+            args.exp_dir,
+            args.encoder,
+            encoder_checkpoint=args.encoder_checkpoint,
+            prompts=read_prompts(args.prompts) if args.prompts else None,
+            overwrite=args.overwrite,
         )
+        print(f"neuron names ({args.encoder}'s text tower): {names}" + ("" if named else " (current; kept)"))
     from sae1n.viz.reporting import REPORT_HTML
 
     target = Path(args.out) if args.out else Path(args.exp_dir) / REPORT_HTML
     before = target.stat().st_mtime_ns if target.is_file() else None
-    path = report(args.exp_dir, args.out, title=args.title, overwrite=args.overwrite or bool(args.encoder))
+    path = report(args.exp_dir, args.out, title=args.title, overwrite=args.overwrite or named)
     if before is not None and path.stat().st_mtime_ns == before:
         print(f"{path} is current (same inputs and settings); kept")
     else:
