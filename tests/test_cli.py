@@ -124,3 +124,14 @@ def test_heatmap_feature_dir_comes_from_the_experiment(tmp_path):
 def test_heatmap_without_feature_dir_or_exp_dir_is_one_clear_error(tmp_path, capsys):
     assert main(["heatmap", "--data_slide_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 1
     assert "--feature_dir" in capsys.readouterr().err
+
+
+def test_pipeline_command_lives_apart_from_the_demo():
+    from sae1n.devtools.layers import LAYERS, layer_of
+
+    assert COMMANDS["pipeline"][0] == "sae1n.pipeline_commands"
+    assert COMMANDS["name-neurons"][0] == "sae1n.neurons.commands"
+    assert layer_of("sae1n.pipeline_commands") == LAYERS["cli"]
+    import sae1n.demo.commands as demo_commands
+
+    assert not hasattr(demo_commands, "run_pipeline")
