@@ -135,3 +135,9 @@ def test_pipeline_command_lives_apart_from_the_demo():
     import sae1n.demo.commands as demo_commands
 
     assert not hasattr(demo_commands, "run_pipeline")
+
+
+def test_every_option_and_argument_has_help():
+    for name, sub in _subparsers().items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)

@@ -71,7 +71,8 @@ EPILOG = """\
 stage order (each reads what the one before it wrote):
   create-patches -> extract-features -> create-metadata -> create-splits ->
   train-sae -> save-sae-features -> analyze-sae -> patch-labels ->
-  train-mil -> evaluate-patches -> heatmap -> report
+  train-mil -> evaluate-patches -> heatmap -> [name-neurons] -> report
+  (name-neurons needs a CLIP-family encoder: conch_v1, clip_vit_b16, plip)
   (`pipeline CONFIG.yaml` runs them all from one config)
 
 start with `sae1n demo`: the whole pipeline on generated slides, no GPU or

@@ -188,7 +188,7 @@ def run_heatmap(args) -> int:
 def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("exp_dir", type=Path, help="output/sae/<exp>")
     option(p, "--out", type=Path, default=None, help="HTML file (default: <exp_dir>/report.html)")
-    option(p, "--title", default=None)
+    option(p, "--title", default=None, help="page title (default: sae1n report: <exp name>)")
     option(
         p,
         "--encoder",
