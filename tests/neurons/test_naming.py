@@ -129,3 +129,60 @@ def test_paper_checkpoint_read_through_the_sae_loader(tmp_path):
     (exp / "checkpoints" / "config_best.json").unlink()
     with pytest.raises(InputFileError, match="config missing"):
         decoder_directions(exp)
+
+
+def _tiny_clip_experiment(tmp_path, monkeypatch):
+    """A random-weight tiny CLIP saved as a local checkpoint plus an SAE experiment in its space."""
+    from sae1n.encoders import encoder_spec, get_encoder, registry
+
+    spec = dataclasses.replace(encoder_spec("clip_vit_b16"), name="clip_tiny_cmd_test", arch=TINY_CLIP_ARCH)
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    torch.manual_seed(1)
+    ref = get_encoder(spec.name, random_weights=True, device="cpu")
+    ckpt = tmp_path / "weights" / "open_clip_model.safetensors"
+    ckpt.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in ref.model.clip.state_dict().items()}, str(ckpt))
+    exp = tmp_path / "exp"
+    (exp / "checkpoints").mkdir(parents=True)
+    save_file({"W_dec": torch.randn(12, ref.dim)}, str(exp / "checkpoints" / "sae_best.safetensors"))
+    return spec.name, ckpt, exp
+
+
+def test_name_neurons_command_writes_names_with_provenance_and_report_reads_them(tmp_path, monkeypatch, capsys):
+    from sae1n.io.provenance import read_provenance
+
+    name, ckpt, exp = _tiny_clip_experiment(tmp_path, monkeypatch)
+    (tmp_path / "p.txt").write_text("tumor\nnecrosis\n")
+    args = ["name-neurons", str(exp), "--encoder", name, "--encoder-checkpoint", str(ckpt), "--prompts", str(tmp_path / "p.txt")]
+    assert main(args) == 0
+    out = exp / "analysis" / "neuron_names.csv"
+    named = pd.read_csv(out)
+    assert named["unit_id"].tolist() == list(range(12)) and set(named["name"]) <= {"tumor", "necrosis"}
+    prov = read_provenance(out)
+    assert prov.kind == "neuron_names" and prov.settings["encoder"] == name
+    assert prov.settings["prompts"] == ["tumor", "necrosis"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "is current" in capsys.readouterr().out
+    # other prompts: refused (one clear error) until --overwrite
+    (tmp_path / "q.txt").write_text("adipose tissue\nstroma\n")
+    other = args[:-1] + [str(tmp_path / "q.txt")]
+    assert main(other) == 1
+    err = capsys.readouterr().err
+    assert "neuron_names.csv" in err and "--overwrite" in err
+    assert main(other + ["--overwrite"]) == 0
+    assert set(pd.read_csv(out)["name"]) <= {"adipose tissue", "stroma"}
+    # the report reads the file; it does not name the neurons itself
+    assert main(["report", str(exp)]) == 0
+    html = (exp / "report.html").read_text()
+    assert "Prompt names" in html and ("adipose tissue" in html or "stroma" in html)
+
+
+def test_name_neurons_help_and_missing_experiment(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["name-neurons", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "neuron_names.csv" in text and "(default: 3)" in text
+    assert main(["name-neurons", str(tmp_path / "nope"), "--encoder", "clip_vit_b16"]) == 1
+    assert "train-sae" in capsys.readouterr().err

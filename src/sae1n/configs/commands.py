@@ -10,7 +10,6 @@ KINDS = ("sae", "mil")
 
 
 def configure_config(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = (
         "List experiment configs (the exp= names of train-sae and train-mil) or print one\n"
         "fully resolved (its defaults: inherited and your key=value overrides applied).\n"

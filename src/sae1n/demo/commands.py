@@ -1,4 +1,4 @@
-"""CLI glue for ``sae1n demo`` and ``sae1n pipeline``: parse, call, print."""
+"""CLI glue for ``sae1n demo``: parse, call, print."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tiles",
         default=None,
+        metavar="DIR",
         help="build mosaic slides from DIR/tumor/*.png and DIR/normal/*.png",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the generated slides")
@@ -35,22 +36,4 @@ def run_demo(args) -> int:
         force=args.force,
     )
     print(format_summary(result))
-    return 0
-
-
-def configure_pipeline(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="pipeline YAML (see README: 'Your own cohort')")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. encoder.batch_size=256")
-    p.add_argument("--force", action="store_true", help="re-run stages even when complete")
-    p.add_argument(
-        "--stages", nargs="+", default=None, help="run only these stages, in pipeline order (train-sae or train_sae spellings)"
-    )
-
-
-def run_pipeline(args) -> int:
-    from sae1n.pipeline import run_pipeline as run
-
-    results = run(args.config, args.overrides, force=args.force, stages=args.stages)
-    for name, r in results.items():
-        print(f"{name:18s} {r.status:8s} {r.seconds:7.1f} s  {r.info}")
     return 0

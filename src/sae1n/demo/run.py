@@ -45,6 +45,11 @@ class DemoResult:
     neuron_slide_auroc: float | None
     mil_test_auc: dict
     seconds: float
+    n_test_slides: int | None = None  # slides behind each slide AUROC
+
+
+# below this many test slides a slide AUROC is not worth a headline
+MIN_SLIDES_FOR_AUROC = 10
 
 
 def demo_config(out_dir: Path, quick: bool, tiles_dir=None, seed: int = 0) -> dict:
@@ -116,6 +121,9 @@ def run_demo(
     pipe = Pipeline(cfg, force=force, echo=echo)
     results = pipe.run()
     ev = results["evaluate_patches"].info
+    from sae1n.datasets import read_split
+
+    n_test = len(read_split(pipe.paths.split_csv(int(cfg.splits.fold)))["test"])
     mil = {k: v.get("test_auc") for k, v in results["train_mil"].info.items()}
     result = DemoResult(
         out_dir=out,
@@ -128,23 +136,33 @@ def run_demo(
         neuron_slide_auroc=ev.get("slide_auroc"),
         mil_test_auc=mil,
         seconds=time.perf_counter() - t0,
+        n_test_slides=n_test,
     )
     return result
 
 
 def format_summary(r: DemoResult) -> str:
+    """The demo's closing summary; slide AUROCs from fewer than
+    ``MIN_SLIDES_FOR_AUROC`` test slides are marked not meaningful."""
+
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
+
+    def slide_auc(v):
+        n = r.n_test_slides
+        if v is not None and n is not None and n < MIN_SLIDES_FOR_AUROC:
+            return f"not meaningful ({n} test slides; measured {v:.3f})"
+        return f(v) + (f" ({n} test slides)" if n is not None else "")
 
     lines = [
         "",
         "sae1n demo summary",
         f"  selected neuron (rank 1 by Welch t-test on train slides): unit {r.unit}",
         f"  patch-level tumour detection on test slides:  AUROC {f(r.patch_auroc)}   AP {f(r.patch_ap)}",
-        f"  slide AUROC of the neuron's max-pooled activation: {f(r.neuron_slide_auroc)}",
+        f"  slide AUROC of the neuron's max-pooled activation: {slide_auc(r.neuron_slide_auroc)}",
     ]
     for exp, auc in r.mil_test_auc.items():
-        lines.append(f"  slide AUROC {exp}: {f(auc)}")
+        lines.append(f"  slide AUROC {exp}: {slide_auc(auc)}")
     lines += _sae_health_lines(r.report.parent / "logs" / "metrics.csv")
     lines += [f"  total time: {r.seconds:.0f} s", f"  report: {r.report}", f"  explore every neuron: sae1n browse {r.report.parent} --slides {r.out_dir / 'data' / 'slides'} --annotations {r.out_dir / 'data' / 'annotations'}", ""]
     return "\n".join(lines)

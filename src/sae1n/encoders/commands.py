@@ -11,7 +11,6 @@ from sae1n.wsi.readers import AUTO_HELP, BACKENDS
 def configure_extract_features(p: argparse.ArgumentParser) -> None:
     from sae1n.encoders.registry import available_encoders, spec_table
 
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "encoders (details: --list-models):\n" + spec_table()
     option(
         p,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from sae1n.cliutil import option
+from sae1n.cliutil import experiments_epilog, option
 
 _ALLOW_MISSING_FLAGS = ("--allow_missing", "--allow-missing")
 
 
 def configure_train_mil(p: argparse.ArgumentParser) -> None:
+    p.epilog = experiments_epilog("mil")
     p.description = (
         "Train MIL slide classifiers over k folds: `sae1n train-mil exp=<name> key=value ...` "
         "(the paper's experiments/mil/main.py). Results go to <results_dir_base>/mil/<exp>/."

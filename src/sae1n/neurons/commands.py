@@ -305,3 +305,64 @@ def run_stability(args) -> int:
         )
     print(f"wrote {res['out_dir']}")
     return 0
+
+
+def configure_name_neurons(p: argparse.ArgumentParser) -> None:
+    p.add_argument("exp_dir", type=Path, help="output/sae/<exp> (its checkpoints/ hold the SAE)")
+    option(
+        p,
+        "--encoder",
+        required=True,
+        help="CLIP-family encoder whose text tower names the neurons (conch_v1, clip_vit_b16, plip); "
+        "the SAE must be trained on its features",
+    )
+    option(
+        p,
+        "--encoder_checkpoint",
+        type=Path,
+        default=None,
+        help="its weights (default: its environment variable, then the hub); random weights give meaningless names",
+    )
+    option(
+        p,
+        "--prompts",
+        type=Path,
+        default=None,
+        help="prompt file, one per line, # comments (default: a built-in list of 20 pathology prompts)",
+    )
+    option(
+        p,
+        "--sae_checkpoint",
+        type=Path,
+        default=None,
+        help="SAE checkpoint file (default: the experiment's best)",
+    )
+    option(p, "--top_k", type=int, default=3, help="best-matching prompts kept per neuron")
+    option(p, "--device", default="cpu", help="device of the text tower")
+    option(
+        p,
+        "--overwrite",
+        action="store_true",
+        help="rename when the names were made with other settings or inputs (default: refuse and say which)",
+    )
+
+
+def run_name_neurons(args) -> int:
+    from sae1n.neurons.naming import name_experiment_with_encoder, read_prompts
+
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    path, written = name_experiment_with_encoder(
+        args.exp_dir,
+        args.encoder,
+        encoder_checkpoint=args.encoder_checkpoint,
+        prompts=prompts,
+        sae_checkpoint=args.sae_checkpoint,
+        top_k=args.top_k,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    if written:
+        print(f"named the neurons with {args.encoder}'s text tower -> {path} (report and browse show them)")
+    else:
+        print(f"{path} is current (same SAE, encoder and prompts); kept")
+    return 0

@@ -221,6 +221,51 @@ def name_experiment(
     return write_neuron_names(names, exp)
 
 
+NAMES_SCHEMA = 1
+
+
+def name_experiment_with_encoder(
+    exp_dir: str | os.PathLike,
+    encoder: str,
+    *,
+    encoder_checkpoint: str | os.PathLike | None = None,
+    prompts: Sequence[str] | None = None,
+    sae_checkpoint: str | os.PathLike | None = None,
+    top_k: int = 3,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> tuple[Path, bool]:
+    """``sae1n name-neurons``: name every neuron of ``exp_dir`` with the text
+    tower of registry ``encoder`` and write ``analysis/neuron_names.csv`` (with
+    a provenance sidecar). Returns ``(path, written)``; ``written`` is False
+    when the file is current (same SAE, encoder, prompts); a file made
+    otherwise raises ``StaleOutputError`` unless ``overwrite``."""
+    from sae1n.io.provenance import Provenance, check_output, write_sidecar
+    from sae1n.sae.checkpoints import find_checkpoint
+
+    exp = Path(exp_dir)
+    src = Path(sae_checkpoint) if sae_checkpoint else exp
+    if not src.exists():
+        raise InputFileError(src, "SAE experiment or checkpoint not found", "pass output/sae/<exp> (run `sae1n train-sae` first)")
+    ckpt = find_checkpoint(src)
+    prompts = list(prompts) if prompts is not None else list(DEFAULT_PATHOLOGY_PROMPTS)
+    enc_ckpt = Path(encoder_checkpoint) if encoder_checkpoint else None
+    prov = Provenance.make(
+        "neuron_names",
+        NAMES_SCHEMA,
+        settings={"encoder": encoder, "prompts": prompts, "templates": list(DEFAULT_TEMPLATES), "top_k": int(top_k)},
+        inputs={"sae_checkpoint": ckpt, "encoder_checkpoint": enc_ckpt if enc_ckpt else "default (environment variable, then hub)"},
+    )
+    out = exp / "analysis" / NAMES_CSV
+    if check_output(out, prov, overwrite=overwrite, fix="pass --overwrite to rename the neurons"):
+        return out, False
+    encode_text, to_joint = registry_text_encoder(encoder, enc_ckpt, device=device)
+    names = name_neurons(ckpt, encode_text, prompts, top_k=top_k, image_projection=to_joint)
+    write_neuron_names(names, exp)
+    write_sidecar(out, prov)
+    return out, True
+
+
 def registry_text_encoder(
     encoder, checkpoint: str | os.PathLike | None = None, device: str = "cpu", **kw
 ) -> tuple[TextEncoder, Callable]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from sae1n.cliutil import option
+from sae1n.cliutil import experiments_epilog, option
 
 
 def configure_train_sae(p: argparse.ArgumentParser) -> None:
+    p.epilog = experiments_epilog("sae")
     p.add_argument(
         "args",
         nargs=argparse.REMAINDER,

@@ -13,8 +13,9 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         p,
         "--feature_dir",
         type=Path,
-        required=True,
-        help="SAE codes folder (h5 or sparse files with coords)",
+        default=None,
+        help="SAE codes folder (h5 or sparse files with coords); default with --exp_dir: its one "
+        "encoded_features/<dataset>/<features>/ folder",
     )
     option(p, "--data_slide_dir", type=Path, required=True, help="folder holding the slides")
     option(p, "--slide_ext", default=None, help="slide extension, e.g. .tif (default: any known)")
@@ -83,8 +84,20 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
         default="minmax",
         help="score scaling per slide",
     )
-    option(p, "--vmin", type=float, default=None)
-    option(p, "--vmax", type=float, default=None)
+    option(
+        p,
+        "--vmin",
+        type=float,
+        default=None,
+        help="score drawn as the colour map's low end, the same on every slide (default: per --normalize)",
+    )
+    option(
+        p,
+        "--vmax",
+        type=float,
+        default=None,
+        help="score drawn as the colour map's high end, the same on every slide (default: per --normalize)",
+    )
     option(p, "--max_size", type=int, default=1024, help="thumbnail's longest side in pixels")
     option(
         p,
@@ -107,6 +120,27 @@ def configure_heatmap(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _encoded_features_dir(exp_dir: Path | None) -> Path:
+    """The default --feature_dir: the experiment's one folder of SAE codes."""
+    from sae1n.errors import ConfigError
+
+    if exp_dir is None:
+        raise ConfigError("pass --feature_dir (the SAE codes folder) or --exp_dir (an SAE experiment with encoded_features/)")
+    enc = Path(exp_dir) / "encoded_features"
+    found = sorted({p.parent for sub in ("sparse_files", "h5_files") for p in enc.glob(f"*/*/{sub}") if p.is_dir()})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConfigError(
+            f"{enc} holds no SAE codes (<dataset>/<features>/sparse_files or h5_files): "
+            "run `sae1n save-sae-features` for this experiment or pass --feature_dir"
+        )
+    raise ConfigError(
+        f"{enc} holds codes of {len(found)} feature sets ({', '.join(str(f.relative_to(enc)) for f in found)}): "
+        "pass --feature_dir to choose one"
+    )
+
+
 def run_heatmap(args) -> int:
     from sae1n.errors import ConfigError
     from sae1n.viz.figures import neuron_figures
@@ -120,8 +154,9 @@ def run_heatmap(args) -> int:
     out = args.output_dir or (args.exp_dir / FIGURES_DIR if args.exp_dir else None)
     if out is None:
         raise ConfigError("pass --output_dir or --exp_dir")
+    feature_dir = args.feature_dir or _encoded_features_dir(args.exp_dir)
     res = neuron_figures(
-        args.feature_dir,
+        feature_dir,
         args.data_slide_dir,
         out,
         unit=args.unit,
@@ -153,26 +188,27 @@ def run_heatmap(args) -> int:
 def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("exp_dir", type=Path, help="output/sae/<exp>")
     option(p, "--out", type=Path, default=None, help="HTML file (default: <exp_dir>/report.html)")
-    option(p, "--title", default=None)
+    option(p, "--title", default=None, help="page title (default: sae1n report: <exp name>)")
     option(
         p,
         "--encoder",
         default=None,
-        help="name the neurons first with this CLIP-family encoder's text tower (conch_v1, clip_vit_b16, plip)",
+        help="convenience: first run `sae1n name-neurons EXP_DIR --encoder NAME` (same options below); "
+        "the report shows analysis/neuron_names.csv whenever it exists",
     )
     option(
         p,
         "--encoder_checkpoint",
         type=Path,
         default=None,
-        help="its weights (default: its environment variable, then the hub); random weights give meaningless names",
+        help="with --encoder: its weights (default: its environment variable, then the hub)",
     )
     option(
         p,
         "--prompts",
         type=Path,
         default=None,
-        help="prompt file, one per line (default: a pathology prompt list)",
+        help="with --encoder: prompt file, one per line (default: a pathology prompt list)",
     )
     option(
         p,
@@ -185,25 +221,23 @@ def configure_report(p: argparse.ArgumentParser) -> None:
 def run_report(args) -> int:
     from sae1n.viz.reporting import report
 
-    if args.encoder:
-        from sae1n.neurons.naming import (
-            DEFAULT_PATHOLOGY_PROMPTS,
-            name_experiment,
-            read_prompts,
-            registry_text_encoder,
-        )
+    named = False
+    if args.encoder:  # the same call as `sae1n name-neurons`
+        from sae1n.neurons.naming import name_experiment_with_encoder, read_prompts
 
-        prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PATHOLOGY_PROMPTS
-        encode_text, to_joint = registry_text_encoder(args.encoder, args.encoder_checkpoint)
-        names = name_experiment(args.exp_dir, encode_text, prompts, image_projection=to_joint)
-        print(
-            f"named the neurons with {args.encoder}'s text tower ({len(prompts)} prompts): {names}"
+        names, named = name_experiment_with_encoder(
+            args.exp_dir,
+            args.encoder,
+            encoder_checkpoint=args.encoder_checkpoint,
+            prompts=read_prompts(args.prompts) if args.prompts else None,
+            overwrite=args.overwrite,
         )
+        print(f"neuron names ({args.encoder}'s text tower): {names}" + ("" if named else " (current; kept)"))
     from sae1n.viz.reporting import REPORT_HTML
 
     target = Path(args.out) if args.out else Path(args.exp_dir) / REPORT_HTML
     before = target.stat().st_mtime_ns if target.is_file() else None
-    path = report(args.exp_dir, args.out, title=args.title, overwrite=args.overwrite or bool(args.encoder))
+    path = report(args.exp_dir, args.out, title=args.title, overwrite=args.overwrite or named)
     if before is not None and path.stat().st_mtime_ns == before:
         print(f"{path} is current (same inputs and settings); kept")
     else:
