@@ -695,6 +695,10 @@ class Pipeline:
             }
         return info
 
+    def _mil_dirs(self) -> list[Path]:
+        """Every MIL run of this pipeline (their patch scores are baselines)."""
+        return [self.paths.mil_root / "mil" / e for e in self.cfg.mil.exps if (self.paths.mil_root / "mil" / e).is_dir()]
+
     def _abmil_dir(self) -> Path | None:
         for exp in self.cfg.mil.exps:
             if "abmil" in exp and (self.paths.mil_root / "mil" / exp).is_dir():
@@ -716,9 +720,10 @@ class Pipeline:
             p.sae_root,
             top_n=int(self.cfg.neurons.top_n),
             dataset_csv=p.metadata_csv,
-            mil_dir=self._abmil_dir(),
+            mil_dir=self._mil_dirs(),
             fold=int(self.cfg.splits.fold),
             pooling=self.cfg.neurons.pooling,
+            input_feature_dir=p.feat_dir,  # the raw_dim / pca / random_sae / linear-probe baselines
         )
         from sae1n.viz.evaluation import plot_patch_evaluation
 
