@@ -83,7 +83,7 @@ def test_b_dec_starts_at_the_train_mean(planted, tmp_path):
     from sae1n.sae.checkpoints import load_sae
     from sae1n.sae.data import prepare_data
 
-    cfg = small_config(planted, tmp_path, **{"training.num_tokens": 1})  # one step
+    cfg = small_config(planted, tmp_path, **{"training.num_tokens": 1, "sae.b_dec_init": "mean"})  # one step
     exp = train_sae(cfg)
     data = prepare_data(cfg)
     mean = data.gather(data.train_rows).mean(0)

@@ -138,6 +138,7 @@ def test_trains_encodes_and_resumes_bit_identically(tmp_path):
     over = {
         "sae.model_type": "MatryoshkaBatchTopKSAE",
         "sae.group_sizes": "[8,24,32]",
+        "sae.b_dec_init": "mean",
         "training.num_epochs": 2,
         "training.validation_freq": 5,
         "training.checkpoint_freq": 0,
