@@ -43,10 +43,11 @@ UNI_SAE = [
     "training.batch_size=64",
     "training.num_epochs=100",
 ]
-# handcrafted features (64-d): the demo's SAE (ratio 4 -> 256 latents, k = 8)
+# handcrafted features (64-d): 256 latents (ratio 4), k = 8, zero decoder-bias init (as measured)
 HANDCRAFTED_SAE = [
     "sae.act_size=null",
     "sae.dict_size_ratio=4",
+    "sae.b_dec_init=zeros",
     "sae.top_k=8",
     "sae.top_k_aux=64",
     "training.batch_size=64",
