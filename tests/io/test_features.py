@@ -145,3 +145,26 @@ def test_sparse_codes_round_trip(tmp_path):
     assert attrs["dict_size"] == 20
     np.testing.assert_array_equal(read_bag(p).features, dense)  # readers densify by default
     assert list(feature_paths(tmp_path, "sparse")) == ["s"]
+
+
+def test_hostile_pickle_error_never_suggests_weights_only_false(tmp_path):
+    """A .pt holding code is refused with one error that does not advise the unsafe retry."""
+    import pickle
+
+    import pytest
+
+    from sae1n.errors import InputFileError
+    from sae1n.io.features import read_bag
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "pt_files" / "s1.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(InputFileError) as err:
+        read_bag(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "never code" in msg
+    assert "weights_only" not in msg

@@ -24,6 +24,7 @@ naming the file and the fix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,13 +239,29 @@ def read_features(path: str | os.PathLike, **kw) -> np.ndarray:
     return read_bag(path, **kw).dense()
 
 
-def _read_pt(path: Path) -> FeatureBag:
+def load_torch_file(path: str | os.PathLike, what: str, fix: str):
+    """``torch.load(weights_only=True)`` of a user's ``.pt`` file; any failure is one
+    :class:`InputFileError` naming the file. Torch's own advice to retry with
+    ``weights_only=False`` (which would run code from the file) is not passed on."""
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt pickles
-        raise InputFileError(path, f"cannot be read as a tensor file ({type(exc).__name__}: {exc})", "delete it and re-run the stage that writes it") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or hostile pickles
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = re.sub(r"\s*\(?[^.]*weights_only[^.]*\.?\)?", "", first).strip() or "unreadable"
+        raise InputFileError(
+            path,
+            f"cannot be read as {what} ({type(exc).__name__}: {reason}); only plain tensors and "
+            "state dicts are loaded, never code",
+            fix,
+        ) from exc
+
+
+def _read_pt(path: Path) -> FeatureBag:
+    import torch
+
+    obj = load_torch_file(path, "a tensor file", "delete it and re-run the stage that writes it")
     coords = None
     if isinstance(obj, Mapping):
         if "features" not in obj:

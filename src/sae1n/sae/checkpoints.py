@@ -193,14 +193,11 @@ def _read_safetensors(path: Path):
 
 
 def _read_paper_pt(path: Path):
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputFileError(
-            path,
-            f"cannot be read as a state dict ({type(exc).__name__}: {exc})",
-            "pass the paper's sae_best.pt (a state dict) or a sae1n .safetensors",
-        ) from exc
+    from sae1n.io.features import load_torch_file
+
+    state = load_torch_file(
+        path, "a state dict", "pass the paper's sae_best.pt (a state dict) or a sae1n .safetensors"
+    )
     if not isinstance(state, Mapping) or "W_enc" not in state:
         raise InputFileError(
             path,
