@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sae1n.encoders.base import EncoderModel
+from sae1n.encoders.timm_vit import UNI_ARCH
 from sae1n.encoders.weights import find_weight_file, load_weights, read_state_dict
 from sae1n.errors import InputFileError, Sae1nError
 
@@ -109,18 +110,8 @@ def build_phikon_v2(spec, weights, arch: Mapping) -> Dinov2Encoder:
 
 # ----------------------------------------------------------------------------- KEEP
 
-#: KEEP's vision tower (vit_large_patch16_224 as UNI configures it)
-KEEP_VIT = dict(
-    img_size=224,
-    patch_size=16,
-    embed_dim=1024,
-    depth=24,
-    num_heads=16,
-    mlp_ratio=4.0,
-    init_values=1e-5,
-    num_classes=0,
-    dynamic_img_size=True,
-)
+#: KEEP's vision tower: vit_large_patch16_224 as UNI configures it
+KEEP_VIT = UNI_ARCH
 #: a PubMedBERT-base-sized text tower (the folder's config.json text_config wins)
 KEEP_TEXT = dict(
     vocab_size=30522,
