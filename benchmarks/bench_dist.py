@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _cohort import write_bench_split  # benchmarks/ is on sys.path when run as a script
 
 
 def make_features(root: Path, n_patches: int, dim: int, seed: int = 0) -> tuple[Path, Path]:
@@ -54,10 +55,7 @@ def make_features(root: Path, n_patches: int, dim: int, seed: int = 0) -> tuple[
         sid = f"{kind}_{i:02d}"
         write_bag(feat_dir, sid, x.astype(np.float32), coords, formats=("h5",))
         split[kind].append(sid)
-    m = max(map(len, split.values()))
-    csv = root / "splits" / "bench_0" / "splits_0.csv"
-    csv.parent.mkdir(parents=True)
-    pd.DataFrame({k: v + [None] * (m - len(v)) for k, v in split.items()}).to_csv(csv)
+    csv = write_bench_split(root, split)
     return feat_dir, csv
 
 

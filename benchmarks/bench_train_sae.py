@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _cohort import write_bench_split  # benchmarks/ is on sys.path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -69,10 +70,7 @@ def make_features(root: Path, args) -> tuple[Path, Path]:
         sid = f"{kind}_{i:03d}"
         write_bag(feat, sid, x.astype(np.float32), coords, formats=("h5",))
         split[kind].append(sid)
-    m = max(map(len, split.values()))
-    csv = root / "splits" / "bench_0" / "splits_0.csv"
-    csv.parent.mkdir(parents=True)
-    pd.DataFrame({k: v + [None] * (m - len(v)) for k, v in split.items()}).to_csv(csv)
+    csv = write_bench_split(root, split)
     return feat, csv
 
 
