@@ -11,13 +11,15 @@ def test_config_keys_doc_is_current():
 
 
 def test_every_base_key_is_documented_with_its_default():
-    keys = {k: v for k, v, _ in base_keys("sae")}
-    assert keys["training.batch_size"].isdigit()
+    keys = {k: (d, t, m) for k, d, t, m in base_keys("sae")}
+    assert keys["training.batch_size"] == ("4096", "an integer", "patches per step")
+    assert keys["sae.b_dec_init"][2].endswith("(one of zeros, mean)")
     assert "sae.top_k" in keys and "sae.model_type" in keys
     text = render()
     for key in keys:
         assert f"| `{key}` |" in text
-    assert "training.lr" in {k for k, _, _ in base_keys("sae")}
+    undocumented = [k for k, (_, _, meaning) in keys.items() if not meaning]
+    assert undocumented == []
 
 
 def test_experiment_changes_list_only_differences():

@@ -108,3 +108,44 @@ def test_resume_fingerprint_ignores_logging_but_not_model():
     )
     other = load_experiment("sae", "camelyon16_conch_0", ["sae.top_k=8"])
     assert resume_fingerprint(base) == resume_fingerprint(same) != resume_fingerprint(other)
+
+
+def test_typed_schema_defaults_are_the_base_yaml():
+    from omegaconf import OmegaConf
+
+    from sae1n.configs import PACKAGE_DIR
+    from sae1n.configs.schema import defaults
+    from sae1n.sae.config import SAERunConfig
+
+    base = OmegaConf.to_container(OmegaConf.load(PACKAGE_DIR / "sae" / "_base.yaml"))
+    typed = defaults(SAERunConfig)
+    # set by the loader, not by the YAML
+    for key in ("exp_name", "sweep_tag"):
+        assert typed.pop(key) is None
+    typed["sae"].pop("init_weights")  # compat=paper only, given with +sae.init_weights=
+    assert typed == base
+
+
+@pytest.mark.parametrize("exp", available_experiments("sae"))
+def test_every_shipped_sae_config_passes_the_schema(exp):
+    from sae1n.sae.config import check_sae_config
+
+    typed = check_sae_config(load_experiment("sae", exp))
+    assert typed.exp_name == exp
+
+
+def test_unknown_key_in_a_users_yaml_is_named(tmp_path, monkeypatch):
+    from sae1n.sae.config import load_sae_config
+
+    d = tmp_path / "experiments" / "sae" / "exp"
+    d.mkdir(parents=True)
+    (d / "mine.yaml").write_text("defaults: [_base]\ntraining:\n  lerning_rate: 0.1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"training\.lerning_rate .*'mine'"):
+        load_sae_config("mine")
+    (d / "mine.yaml").write_text("defaults: [_base]\nsae:\n  b_dec_init: median\n")
+    with pytest.raises(ConfigError, match="sae.b_dec_init.*'median' is not one of zeros, mean"):
+        load_sae_config("mine")
+    (d / "mine.yaml").write_text("defaults: [_base]\ntraining:\n  resume: maybe\n")
+    with pytest.raises(ConfigError, match="training.resume.*expected true/false, got 'maybe'"):
+        load_sae_config("mine")
