@@ -53,14 +53,14 @@ class AnnotationsConfig:
         "auto", "annotation file format (auto: from each file's extension)", choices=ANNOTATION_FORMATS
     )
     threshold: float = setting(
-        0.5, "tumour fraction of a patch's area above which the patch is labelled tumour"
+        0.5, "a patch is labelled tumour when at least this fraction of its area is annotated tumour (0-1]"
     )
 
 
 @dataclass(frozen=True)
 class PatchingConfig:
     patch_size: int = setting(256, "patch side in pixels at the patch level")
-    step_size: int | None = setting(None, "stride between patches in pixels (null: patch_size)")
+    step_size: int | None = setting(None, "grid step in pixels at patch_level (null: patch_size)")
     patch_level: int = setting(1, "pyramid level the patches are cut at (0: full resolution)")
     preset: str = setting(
         "bwh_biopsy", "tissue segmentation preset: bwh_biopsy, bwh_resection, tcga or a CLAM preset CSV"
@@ -77,11 +77,11 @@ class PatchingConfig:
 class EncoderConfig:
     name: str = setting("conch_v1", "patch encoder of extract-features (see sae1n extract-features --help)")
     checkpoint: str | None = setting(
-        None, "local weights file of the encoder (null: the encoder's default location)"
+        None, "local weight file/folder (null: the encoder's environment variable, then the hub)"
     )
     batch_size: int = setting(512, "patches per encoder forward pass (does not change the features)")
-    num_workers: int | None = setting(None, "data-loading worker processes (null: chosen from the CPUs)")
-    device: str = setting("auto", "torch device for the encoder (auto: CUDA when available, else CPU)")
+    num_workers: int | None = setting(None, "DataLoader workers reading patches (null: min(8, CPUs))")
+    device: str = setting("auto", "torch device of the encoder: auto, cpu, cuda, cuda:1, ...")
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class MilConfig:
 @dataclass(frozen=True)
 class FiguresConfig:
     n_slides: int = setting(2, "test slides drawn as heatmaps (tumour slides first)")
-    gallery: int = setting(16, "patches in the top-activating gallery of the selected neuron")
+    gallery: int = setting(16, "patches in the top-activating gallery of the selected neuron (0: none)")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class PipelineConfig:
     seed: int = setting(42, "random seed of the splits, SAE and MIL training")
     compat: str = setting(
         "default",
-        "paper: train-sae, save-sae-features, analyze-sae and train-mil behave as the paper's code",
+        "paper: train-sae, save-sae-features, analyze-sae and train-mil as the paper's code; default: sae1n's fixes (docs/paper_differences.md)",
         choices=COMPAT,
     )
     slides: SlidesConfig = section(SlidesConfig, "the whole-slide images")
