@@ -159,3 +159,13 @@ def test_fingerprints_are_those_of_the_dict_config():
     ):
         fp = Pipeline(load_pipeline_config(None, overrides, base=base), echo=lambda s: None).fingerprints()
         assert (fp["create_patches"], fp["train_sae"], fp["report"]) == expected
+
+
+def test_every_stage_key_is_a_config_key():
+    """A misspelt key in the graph would silently fingerprint None (never rerun)."""
+    from sae1n.pipeline import GRAPH
+
+    keys = {row[0] for row in describe(PipelineConfig)}
+    for stage in GRAPH:
+        for key in stage.keys:
+            assert key in keys or any(k.startswith(f"{key}.") for k in keys), (stage.name, key)
