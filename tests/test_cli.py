@@ -129,9 +129,9 @@ def test_heatmap_without_feature_dir_or_exp_dir_is_one_clear_error(tmp_path, cap
 def test_pipeline_command_lives_apart_from_the_demo():
     from sae1n.devtools.layers import LAYERS, layer_of
 
-    assert COMMANDS["pipeline"][0] == "sae1n.pipeline_commands"
+    assert COMMANDS["pipeline"][0] == "sae1n.pipeline.commands"
     assert COMMANDS["name-neurons"][0] == "sae1n.neurons.commands"
-    assert layer_of("sae1n.pipeline_commands") == LAYERS["cli"]
+    assert layer_of("sae1n.pipeline.commands") == LAYERS["cli"]
     import sae1n.demo.commands as demo_commands
 
     assert not hasattr(demo_commands, "run_pipeline")

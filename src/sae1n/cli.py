@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "browse": ("sae1n.browse.commands", "local web app: every neuron on zoomable slides, notes, QuPath export"),
     "train-mil": ("sae1n.mil.commands", "train MIL slide classifiers: exp=<name> key=value ..."),
     "demo": ("sae1n.demo.commands", "run the whole pipeline on generated slides"),
-    "pipeline": ("sae1n.pipeline_commands", "run every stage on a cohort from one YAML config"),
+    "pipeline": ("sae1n.pipeline.commands", "run every stage on a cohort from one YAML config"),
     "config": ("sae1n.configs.commands", "list the exp= configs or print one resolved"),
 }
 

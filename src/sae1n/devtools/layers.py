@@ -52,7 +52,6 @@ LAYERS: dict[str, int] = {
 # stage: sae.distributed, encoders.sharding).
 MODULE_LAYERS: dict[str, int] = {
     "sae1n.distributed": 0,
-    "sae1n.pipeline_commands": 8,  # the CLI of sae1n.pipeline (a module, so no pipeline/commands.py)
     "sae1n.devtools.config_docs": 8,  # documents every stage's config class
 }
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]

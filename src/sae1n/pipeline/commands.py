@@ -6,7 +6,7 @@ import argparse
 
 
 def configure_pipeline(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="pipeline YAML (see README: 'Your own cohort')")
+    p.add_argument("config", help="pipeline YAML (see README: 'Your own cohort'; every key: docs/config_keys.md)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. encoder.batch_size=256")
     p.add_argument("--force", action="store_true", help="re-run stages even when complete")
     p.add_argument(
@@ -15,7 +15,7 @@ def configure_pipeline(p: argparse.ArgumentParser) -> None:
 
 
 def run_pipeline(args) -> int:
-    from sae1n.pipeline import run_pipeline as run
+    from sae1n.pipeline.runner import run_pipeline as run
 
     results = run(args.config, args.overrides, force=args.force, stages=args.stages)
     for name, r in results.items():
