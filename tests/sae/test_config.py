@@ -120,7 +120,7 @@ def test_typed_schema_defaults_are_the_base_yaml():
     base = OmegaConf.to_container(OmegaConf.load(PACKAGE_DIR / "sae" / "_base.yaml"))
     typed = defaults(SAERunConfig)
     # set by the loader, not by the YAML
-    for key in ("exp_name", "sweep_tag"):
+    for key in ("exp_name", "sweep_tag", "exp_group_name", "exp_run_name"):
         assert typed.pop(key) is None
     typed["sae"].pop("init_weights")  # compat=paper only, given with +sae.init_weights=
     assert typed == base
@@ -143,9 +143,23 @@ def test_unknown_key_in_a_users_yaml_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"training\.lerning_rate .*'mine'"):
         load_sae_config("mine")
-    (d / "mine.yaml").write_text("defaults: [_base]\nsae:\n  b_dec_init: median\n")
-    with pytest.raises(ConfigError, match="sae.b_dec_init.*'median' is not one of zeros, mean"):
+    (d / "mine.yaml").write_text("defaults: [_base]\nsae:\n  b_dec_init: average\n")
+    with pytest.raises(ConfigError, match="sae.b_dec_init.*'average' is not one of zeros, mean, median"):
         load_sae_config("mine")
     (d / "mine.yaml").write_text("defaults: [_base]\ntraining:\n  resume: maybe\n")
     with pytest.raises(ConfigError, match="training.resume.*expected true/false, got 'maybe'"):
         load_sae_config("mine")
+
+
+def test_the_papers_saved_run_configs_pass_the_schema(shared_data):
+    """The configs the paper's code saves beside its checkpoints (Hydra adds
+    exp_group_name / exp_run_name) are accepted as they are."""
+    import json
+
+    from sae1n.sae.config import check_sae_config
+
+    saved = sorted((shared_data / "paper_reference" / "save_sae_features").rglob("config_best.json"))
+    assert saved, "no saved paper configs in the reference data"
+    for path in saved:
+        typed = check_sae_config(json.loads(path.read_text()), source=str(path))
+        assert typed.exp_group_name == "sae" and typed.sae.dict_size == 256

@@ -80,8 +80,8 @@ class SAEModelSettings:
     fast_kernels: bool = setting(True, "exact sparse TopK/BatchTopK step (false: the dense reference path)")
     b_dec_init: str = setting(
         "zeros",
-        "decoder bias start: zeros (the paper) or mean (the train features' median)",
-        choices=("zeros", "mean"),
+        "decoder bias start: zeros (the paper), or the mean / coordinate median of the first 65,536 train patches",
+        choices=("zeros", "mean", "median"),
     )
     group_sizes: tuple[int, ...] | None = setting(
         None, "MatryoshkaBatchTopKSAE prefix group sizes (null: halving)"
@@ -149,14 +149,25 @@ class SAERunConfig:
         "train several SAEs on one pass: {sae: {top_k: [8, 16, 32]}} (a grid) or a list of partial configs",
     )
     exp_name: str | None = setting(None, "the experiment's name (set from exp=NAME)")
+    exp_group_name: str | None = setting(None, "the paper's Hydra group name (in its saved configs; recorded only)")
+    exp_run_name: str | None = setting(None, "the paper's Hydra run name (in its saved configs; recorded only)")
     sweep_tag: str | None = setting(None, "set per run of a sweep")
 
 
 def check_sae_config(cfg, source: str | None = None) -> SAERunConfig:
     """The typed view of an SAE config; unknown keys, wrong types and values
     outside a key's choices are one :class:`ConfigError` naming the key."""
+    if isinstance(cfg, SAERunConfig):
+        return cfg
     where = f" (in {source})" if source else ""
     return build(SAERunConfig, cfg, where=where)
+
+
+def training_settings(training) -> SAETrainingSettings:
+    """``training.*`` as typed settings (a mapping may give only some keys)."""
+    if isinstance(training, SAETrainingSettings):
+        return training
+    return build(SAETrainingSettings, training, prefix="training.")
 
 # what a sweep may vary: everything of the model, and the optimiser's settings
 _SWEEPABLE_TRAINING = {"lr", "beta1", "beta2", "max_grad_norm"}

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from sae1n import distributed as dist
 from sae1n.errors import ConfigError, Sae1nError
+from sae1n.sae.config import check_sae_config
 from sae1n.sae.data import TrainingData, batch_rows, epoch_permutation, prepare_data
 from sae1n.sae.trainer import (
     RESUME_FILE,
@@ -51,18 +52,19 @@ def train_sae(cfg: DictConfig, *, callbacks: Sequence[Callable[[int], None]] = (
     trains on its share of each global batch and the result equals a
     one-process run (see :mod:`sae1n.sae.distributed`); rank 0 writes the outputs.
     """
-    if str(cfg.get("compat", "default")) == "paper":
+    settings = check_sae_config(cfg)
+    if settings.compat == "paper":
         from sae1n.sae.paper_exact import train_sae_paper
 
         return train_sae_paper(cfg, callbacks=callbacks)
-    if str(cfg.sae.get("dtype", "float32")) != "float32":
-        raise ConfigError(f"sae.dtype={cfg.sae.dtype} is not supported; use float32")
-    device = resolve_device(cfg.sae.get("device", "auto"))
+    if settings.sae.dtype != "float32":
+        raise ConfigError(f"sae.dtype={settings.sae.dtype} is not supported; use float32")
+    device = resolve_device(settings.sae.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"sae.device={device} but CUDA is not available; use sae.device=auto or cpu"
         )
-    threads = cfg.training.get("num_threads")
+    threads = settings.training.num_threads
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(int(threads) if threads else default_threads(device))
     try:

@@ -54,7 +54,15 @@ from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import Provenance, atomic_path
 from sae1n.sae import metrics as sae_metrics
 from sae1n.sae.checkpoints import load_state_into, save_sae, write_paper_pt
-from sae1n.sae.config import expand_sweep, experiment_dir, resume_settings, run_dir
+from sae1n.sae.config import (
+    SAERunConfig,
+    check_sae_config,
+    expand_sweep,
+    experiment_dir,
+    resume_settings,
+    run_dir,
+    training_settings,
+)
 from sae1n.sae.data import Batches, TrainingData, prepare_data, use_prefetch_thread
 from sae1n.sae.distributed import StatsSync, make_sync
 from sae1n.sae.kernels import few_threads
@@ -100,12 +108,11 @@ def train_step(
     return out
 
 
-def make_optimizer(model: BaseSAE, training: DictConfig) -> torch.optim.Optimizer:
-    """Adam with the configured lr and betas (fused kernel where available)."""
-    kw = dict(
-        lr=float(training.lr),
-        betas=(float(training.get("beta1", 0.9)), float(training.get("beta2", 0.99))),
-    )
+def make_optimizer(model: BaseSAE, training) -> torch.optim.Optimizer:
+    """Adam with the configured lr and betas (fused kernel where available);
+    ``training`` is :class:`SAETrainingSettings` or a mapping of ``training.*`` keys."""
+    training = training_settings(training)
+    kw = dict(lr=training.lr, betas=(training.beta1, training.beta2))
     try:
         return torch.optim.Adam(model.parameters(), fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
@@ -166,6 +173,7 @@ class Run:
 
     tag: str | None
     cfg: DictConfig
+    settings: SAERunConfig  # the typed view of ``cfg``
     out_dir: Path
     model: BaseSAE
     optimizer: torch.optim.Optimizer
@@ -183,7 +191,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return self.tag or str(self.cfg.get("exp_name"))
+        return self.tag or str(self.settings.exp_name)
 
     @property
     def plain_config(self) -> dict:
@@ -191,7 +199,7 @@ class Run:
 
     @property
     def paper_pt(self) -> bool:
-        return bool((self.cfg.get("checkpoint") or {}).get("paper_pt", False))
+        return self.settings.checkpoint.paper_pt
 
     def save(self, name: str, extra: dict) -> None:
         """``checkpoints/sae_<name>.safetensors`` (+ config, + the paper's .pt)."""
@@ -273,16 +281,17 @@ class SAETrainer:
 
     def __init__(self, cfg: DictConfig, device: str, callbacks: Sequence[Callable] = ()):
         self.cfg = cfg
+        self.settings = check_sae_config(cfg)
         self.device = device
         self.callbacks = list(callbacks)
         self.me = dist.info()
         self.sync = make_sync()
-        training = cfg.training
-        self.batch_size = int(training.batch_size)
-        self.val_freq = int(training.get("validation_freq") or 0)
-        self.ckpt_freq = int(training.get("checkpoint_freq") or 0)
-        self.progress_every = max(1, int(training.get("progress_every") or 10))
-        self.dense_freq = float(training.get("dense_latent_freq", 0.1))
+        training = self.settings.training
+        self.batch_size = training.batch_size
+        self.val_freq = training.validation_freq
+        self.ckpt_freq = training.checkpoint_freq
+        self.progress_every = max(1, training.progress_every)
+        self.dense_freq = training.dense_latent_freq
 
     # ------------------------------------------------------------------ set-up
     def schedule(self, n_train: int) -> tuple[int, int]:
@@ -290,22 +299,24 @@ class SAETrainer:
         if self.batch_size <= 0:
             raise ConfigError(f"training.batch_size must be positive, got {self.batch_size}")
         steps_per_epoch = math.ceil(n_train / self.batch_size)
-        num_tokens = self.cfg.training.get("num_tokens")
+        num_tokens = self.settings.training.num_tokens
         if num_tokens:
-            return steps_per_epoch, math.ceil(int(num_tokens) / self.batch_size)
-        epochs = self.cfg.training.get("num_epochs")
-        if epochs is None or int(epochs) < 0:
+            return steps_per_epoch, math.ceil(num_tokens / self.batch_size)
+        epochs = self.settings.training.num_epochs
+        if epochs is None or epochs < 0:
             raise ConfigError("set training.num_epochs (or training.num_tokens)")
-        return steps_per_epoch, int(epochs) * steps_per_epoch
+        return steps_per_epoch, epochs * steps_per_epoch
 
     def build_run(self, tag: str | None, cfg: DictConfig) -> Run:
         _check_act_size(cfg, self.data)
         cfg = _resolved_config(cfg, self.data.dim)
-        seed_everything(int(cfg.seed))
+        settings = check_sae_config(cfg)
+        seed_everything(settings.seed)
         model = build_sae(OmegaConf.to_container(cfg.sae, resolve=True)).to(self.device)
-        optimizer = make_optimizer(model, cfg.training)
+        optimizer = make_optimizer(model, settings.training)
         out_dir = run_dir(cfg, tag)
-        run = Run(tag, cfg, out_dir, model, optimizer, run_provenance(cfg, self.data), None)
+        prov = run_provenance(cfg, self.data)
+        run = Run(tag, cfg, settings, out_dir, model, optimizer, prov, None)
         run.logs = MetricsLog(out_dir, run.label)
         return run
 
@@ -368,11 +379,9 @@ class SAETrainer:
         ``mean`` / ``median`` set the decoder bias to the mean / coordinate
         median of (up to) the first 65,536 train rows of epoch 0, the same rows
         on every process; ``zeros`` keeps the paper's zero bias."""
-        how = str(run.cfg.sae.get("b_dec_init") or "zeros").lower()
+        how = run.settings.sae.b_dec_init  # the schema allows zeros, mean, median
         if how == "zeros":
             return
-        if how not in ("mean", "median"):
-            raise ConfigError(f"sae.b_dec_init must be zeros, mean or median, got {how!r}")
         rows = np.sort(self.batches.order(0)[:B_DEC_INIT_ROWS])
         x = self.data.gather(rows)
         x, _, _ = run.model.preprocess_input(x)
@@ -385,13 +394,11 @@ class SAETrainer:
         steps_per_epoch, total = self.schedule(len(self.data.train_rows))
         self.steps_per_epoch, self.total = steps_per_epoch, total
         prefetch = use_prefetch_thread(
-            self.cfg.data.get("prefetch", "auto"), self.device, torch.get_num_threads()
+            self.settings.data.prefetch, self.device, torch.get_num_threads()
         )
-        self.batches = Batches(
-            self.data, int(self.cfg.seed), self.batch_size, self.device, prefetch
-        )
+        self.batches = Batches(self.data, self.settings.seed, self.batch_size, self.device, prefetch)
         runs = [self.build_run(tag, c) for tag, c in expand_sweep(self.cfg)]
-        resume = bool(self.cfg.training.get("resume", True))
+        resume = self.settings.training.resume
         resumed = [resume and self.resume(run) for run in runs]
         self.sync.check_same_start([r.step for r in runs], runs[0].ckpt_dir)
         for run, was_resumed in zip(runs, resumed):
@@ -457,7 +464,7 @@ class SAETrainer:
         self.t0 = t0
         bar = progress(
             total=self.total,
-            desc=f"train-sae {self.cfg.get('exp_name', '')}".strip(),
+            desc=f"train-sae {self.settings.exp_name or ''}".strip(),
             initial=start,
         )
         try:
@@ -487,7 +494,7 @@ class SAETrainer:
                 run.model,
                 run.optimizer,
                 x,
-                float(run.cfg.training.max_grad_norm),
+                run.settings.training.max_grad_norm,
                 after_backward=self.sync.after_backward if self.sync.distributed else None,
             )
         if x.shape[0]:  # a rank's share of a tiny last batch can be empty
