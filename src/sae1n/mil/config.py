@@ -254,7 +254,7 @@ def check_mil_config(cfg: MILRunConfig, where: str = "") -> None:
     if wrong:
         keys = ", ".join(f"model.{k}" for k in wrong)
         raise ConfigError(
-            f"{keys}{where} do{'es' if len(wrong) == 1 else ''} not apply to model.type={model.type}; "
+            f"{keys} do{'es' if len(wrong) == 1 else ''} not apply to model.type={model.type}{where}; "
             f"its keys: {', '.join(f'model.{k}' for k in (*COMMON_MODEL_KEYS, *MODEL_KEYS[kind]))}. "
             "Remove the key or set it to null"
         )
