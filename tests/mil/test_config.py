@@ -165,3 +165,21 @@ def test_train_mil_takes_a_typed_config_a_dictconfig_or_a_dict(tmp_path):
     assert metrics.stat().st_mtime_ns == stamp
     saved = OmegaConf.load(tmp_path / "output" / "mil" / "demo_maxmil" / "config.yaml")
     assert build_mil_config(saved) == build_mil_config(raw)
+
+
+@pytest.mark.parametrize(
+    "exp, overrides, recorded",
+    [
+        # fingerprints written by train-mil before the typed config (commit 3e0627b)
+        ("demo_maxmil", ["+model.hidden_dim=16", "max_epochs=3"], "63d32805bc0dcc0d"),
+        ("camelyon16_conch_clam_sb", [], "e6464cdeeacc8ce6"),
+        ("camelyon16_conch_sae_1n_maxmil", [], "92176c28166169ef"),
+    ],
+)
+def test_fold_fingerprint_is_unchanged_so_old_outputs_stay_current(exp, overrides, recorded):
+    from sae1n.mil.trainer import MILTrainer
+
+    trainer = MILTrainer.__new__(MILTrainer)  # only the settings the record hashes
+    trainer.cfg = load_mil_config(exp, overrides)
+    trainer.model_cfg, trainer.in_dim, trainer.units = trainer.cfg.model.set_keys(), 8, None
+    assert trainer.fingerprint(0, {"train": ["a", "b"], "val": ["c"], "test": ["d"]}) == recorded
