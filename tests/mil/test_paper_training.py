@@ -77,13 +77,13 @@ def _cfg(ref, out, epochs, *extra, inputs=None, run_name="maxmil"):
 
 def _train(cfg, monkeypatch, **kw):
     seen = {}
-    orig = mil_train._Run.__init__
+    orig = mil_train.MILTrainer.__init__
 
     def init(self, *a, **k):
         orig(self, *a, **k)
         seen["run"] = self
 
-    monkeypatch.setattr(mil_train._Run, "__init__", init)
+    monkeypatch.setattr(mil_train.MILTrainer, "__init__", init)
     summary = mil_train.train_mil(cfg, **kw)
     return summary, seen["run"]
 
@@ -152,7 +152,7 @@ def test_default_mode_differs(ref, tmp_path, monkeypatch):
     """Known differences: sae1n orders each split as its split CSV and draws the
     epoch order from its own generator, so the bag order is not the paper's."""
     _, run = _train(_cfg(ref, tmp_path, 1), monkeypatch)
-    sets = run._fold_sets(0)
+    sets = run.fold_sets(0)
     split = pd.read_csv(ref / "inputs" / "splits" / "splits_0.csv")
     assert sets["train"] == split["train"].dropna().tolist()
     bags = pd.read_csv(ref / "runs" / RUNS[0] / "bags.csv")

@@ -170,9 +170,9 @@ def test_multiclass_isup_with_kappa(tmp_path):
 
 
 def test_early_stopping_rule():
-    from sae1n.mil.train import _EarlyStopping
+    from sae1n.mil.loops import EarlyStopping
 
-    stopper = _EarlyStopping(patience=3, stop_epoch=5)
+    stopper = EarlyStopping(patience=3, stop_epoch=5)
     best = [
         stopper.step(loss, epoch) for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.95, 0.95, 0.95])
     ]

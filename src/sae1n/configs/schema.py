@@ -163,7 +163,7 @@ def build(cls: type, mapping: Mapping | None, *, where: str = "", prefix: str = 
             continue
         value = _coerce(hints[name], _plain(mapping[name]), key, where)
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:  # None: allowed by the type
             raise ConfigError(
                 f"{key}{where}: {value!r} is not one of {', '.join(map(str, choices))}"
             )

@@ -2,7 +2,9 @@
 MambaMIL, SAE(+1N)+MaxMIL) with k-fold training: ``sae1n train-mil``.
 
 Public API: :func:`train_mil` (config -> summary table),
-:func:`train_mil_experiment` (``exp`` name + overrides), :func:`build_model`
+:func:`train_mil_experiment` (``exp`` name + overrides), the typed settings
+:class:`MILRunConfig` (:func:`load_mil_config`), the fold loop
+:class:`MILTrainer`, :func:`build_model`
 and the :class:`MILModel` contract (bag (N, D) -> :class:`MILOutput` with
 ``logits``, per-patch ``scores`` and an optional ``aux_loss``),
 :func:`load_mil_checkpoint`, and the pure-PyTorch :func:`selective_scan`.
@@ -12,6 +14,9 @@ from sae1n._lazy import lazy_exports
 
 # Imported lazily so that `sae1n --help` (which imports mil.commands) does not load torch.
 _EXPORTS = {
+    "MILRunConfig": "config",
+    "load_mil_config": "config",
+    "MILTrainer": "trainer",
     "MODEL_TYPES": "models",
     "MILModel": "models",
     "MILOutput": "models",
@@ -31,10 +36,13 @@ __getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "MILModel",
+    "MILRunConfig",
+    "MILTrainer",
     "MILOutput",
     "MODEL_TYPES",
     "build_model",
     "load_mil_checkpoint",
+    "load_mil_config",
     "save_mil_checkpoint",
     "selective_scan",
     "selective_scan_chunked",
