@@ -39,7 +39,8 @@ def available_experiments(kind: str) -> list[str]:
     return sorted(names)
 
 
-def _find(kind: str, name: str, extra) -> Path:
+def find_experiment_file(kind: str, name: str, extra=()) -> Path:
+    """The YAML file of experiment ``name`` of ``kind`` (first match in :func:`config_dirs`)."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
@@ -56,7 +57,7 @@ def _find(kind: str, name: str, extra) -> Path:
 def _load_tree(kind: str, name: str, extra, seen: tuple[str, ...] = ()) -> DictConfig:
     if name in seen:
         raise ConfigError(f"{kind} config {name!r} inherits from itself via {' -> '.join(seen)}")
-    path = _find(kind, name, extra)
+    path = find_experiment_file(kind, name, extra)
     cfg = OmegaConf.load(path)
     bases = cfg.pop("defaults", []) or []
     if isinstance(bases, str):
@@ -147,7 +148,7 @@ def load_experiment(
 ) -> DictConfig:
     """Load the ``exp`` config of ``kind`` (``sae`` or ``mil``) with overrides."""
     cfg = _load_tree(kind, exp, search_dirs)
-    cfg = apply_overrides(cfg, overrides, source=_find(kind, exp, search_dirs))
+    cfg = apply_overrides(cfg, overrides, source=find_experiment_file(kind, exp, search_dirs))
     OmegaConf.set_struct(cfg, False)
     cfg.exp_name = Path(exp).stem
     return cfg

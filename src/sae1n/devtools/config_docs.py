@@ -23,6 +23,7 @@ DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "config_keys.md"
 # kind -> (command, config class, whether it has shipped experiments)
 KINDS = {
     "sae": ("sae1n train-sae exp=NAME", "sae1n.sae.config:SAERunConfig", True),
+    "mil": ("sae1n train-mil exp=NAME", "sae1n.mil.config:MILRunConfig", True),
     "pipeline": ("sae1n pipeline CONFIG.yaml", "sae1n.pipeline.config:PipelineConfig", False),
 }
 

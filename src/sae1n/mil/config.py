@@ -286,10 +286,10 @@ def load_mil_config(
 ) -> MILRunConfig:
     """Load the ``exp`` MIL config (name or YAML path) with ``key=value``
     overrides and build it; errors name the YAML file."""
-    from sae1n.configs import _find, load_experiment
+    from sae1n.configs import find_experiment_file, load_experiment
 
     cfg = load_experiment("mil", exp, overrides, search_dirs)
-    return build_mil_config(cfg, where=f" (in {_find('mil', exp, search_dirs)} or its overrides)")
+    return build_mil_config(cfg, where=f" (in {find_experiment_file('mil', exp, search_dirs)} or its overrides)")
 
 
 __all__ = [
