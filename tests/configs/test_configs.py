@@ -23,8 +23,10 @@ def test_inheritance_and_overrides(exp_dir):
 
 
 def test_unknown_key_and_unknown_exp(exp_dir):
-    with pytest.raises(ConfigError, match="unknown config key 'training.lrr'"):
+    with pytest.raises(ConfigError, match="unknown config key 'training.lrr'.*did you mean training.lr"):
         load_experiment("sae", "mine", ["training.lrr=1"])
+    with pytest.raises(ConfigError, match=r"'training.zzz'.*spell it \+training.zzz=1 to add"):
+        load_experiment("sae", "mine", ["training.zzz=1"])
     with pytest.raises(ConfigError, match="no sae config named 'nope'.*mine"):
         load_experiment("sae", "nope")
     with pytest.raises(ConfigError, match="inherits from itself"):

@@ -10,6 +10,7 @@ spelled ``+key=value`` (as in Hydra) so that typos are caught.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,6 +102,17 @@ def _same_kind(old, new) -> bool:
     return True
 
 
+def _suggest(cfg: DictConfig, key: str, value: str) -> str:
+    """"did you mean <closest key>?" or how to add a key on purpose."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    if isinstance(node, DictConfig):
+        close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+        if close:
+            return f"did you mean {parent + '.' if parent else ''}{close[0]}?"
+    return f"spell it +{key}={value} to add a new key"
+
+
 def apply_overrides(
     cfg: DictConfig, overrides: Sequence[str], source: str | os.PathLike | None = None
 ) -> DictConfig:
@@ -122,9 +134,7 @@ def apply_overrides(
             key = key[len("exp.") :]  # Hydra spelling of the paper's commands
         old = OmegaConf.select(cfg, key, default=_MISSING)
         if not add and old == _MISSING:
-            raise ConfigError(
-                f"unknown config key {key!r}{where}; spell it +{key}={value} to add a new key"
-            )
+            raise ConfigError(f"unknown config key {key!r}{where}; {_suggest(cfg, key, value)}")
         try:
             parsed = OmegaConf.from_dotlist([f"{key}={value}"])
         except Exception as exc:  # omegaconf's grammar errors
