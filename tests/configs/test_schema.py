@@ -38,8 +38,11 @@ def test_build_fills_defaults_and_converts_types():
 def test_unknown_keys_are_named_with_their_dotted_path_and_a_suggestion():
     with pytest.raises(ConfigError, match=r"opt\.lrr \(did you mean opt\.lr\?\) \(in x\.yaml\)"):
         build(Outer, {"name": "a", "opt": {"lrr": 1}}, where=" (in x.yaml)")
-    with pytest.raises(ConfigError, match="unknown config keys bogus, epoch "):
+    with pytest.raises(ConfigError, match=r"unknown config keys epoch \(did you mean epochs\?\), bogus;"):
         build(Outer, {"name": "a", "epoch": 1, "bogus": 2})
+    # every level at once, in one error
+    with pytest.raises(ConfigError, match=r"unknown pipeline keys bogus, opt\.lrr .*, opt\.zzz;"):
+        build(Outer, {"name": "a", "bogus": 1, "opt": {"lrr": 1, "zzz": 2}}, label="pipeline")
 
 
 @pytest.mark.parametrize(
@@ -50,7 +53,7 @@ def test_unknown_keys_are_named_with_their_dotted_path_and_a_suggestion():
         ({"name": "a", "flag": "yes"}, "flag: expected true/false, got 'yes'"),
         ({"name": "a", "sizes": "12"}, "sizes: expected a list"),
         ({"name": "a", "sizes": [1, "x"]}, r"sizes\[1\]: expected an integer"),
-        ({"name": "a", "opt": {"kind": "rmsprop"}}, "opt.kind: 'rmsprop' is not one of adam, sgd"),
+        ({"name": "a", "opt": {"kind": "rmsprop"}}, "opt.kind must be adam or sgd, not 'rmsprop'"),
         ({"name": "a", "opt": 3}, "opt must be a mapping"),
         ({}, "name is not set"),
     ],

@@ -144,7 +144,7 @@ def test_unknown_key_in_a_users_yaml_is_named(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"training\.lerning_rate .*'mine'"):
         load_sae_config("mine")
     (d / "mine.yaml").write_text("defaults: [_base]\nsae:\n  b_dec_init: average\n")
-    with pytest.raises(ConfigError, match="sae.b_dec_init.*'average' is not one of zeros, mean, median"):
+    with pytest.raises(ConfigError, match="sae.b_dec_init must be zeros, mean or median, not 'average'"):
         load_sae_config("mine")
     (d / "mine.yaml").write_text("defaults: [_base]\ntraining:\n  resume: maybe\n")
     with pytest.raises(ConfigError, match="training.resume.*expected true/false, got 'maybe'"):

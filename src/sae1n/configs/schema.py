@@ -132,42 +132,67 @@ def _type_error(key: str, tp, value, where: str) -> ConfigError:
     return ConfigError(f"{key}{where}: expected {_type_text(tp)}, got {value!r}")
 
 
-def build(cls: type, mapping: Mapping | None, *, where: str = "", prefix: str = ""):
+def unknown_keys(cls: type, mapping, prefix: str = "") -> list[str]:
+    """Every key of ``mapping``, at any depth, that ``cls`` does not declare:
+    dotted, with the closest known key when there is one."""
+    mapping = _plain(mapping)
+    if not isinstance(mapping, Mapping):
+        return []  # build() names a section that is not a mapping
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = []
+    for key in mapping:
+        f = fields.get(str(key))
+        if f is None:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            out.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+        elif f.metadata.get("section"):
+            out += unknown_keys(f.default_factory, mapping[key], f"{prefix}{key}.")
+    return out
+
+
+def build(cls: type, mapping: Mapping | None, *, where: str = "", prefix: str = "", label: str = "config"):
     """An instance of config class ``cls`` from ``mapping``.
 
+    Every unknown key at any depth is named in one :class:`ConfigError`.
     ``where`` (e.g. ``" (in configs/mil/foo.yaml)"``) is added to error
-    messages; ``prefix`` is the dotted path of this section."""
+    messages, ``label`` names the kind of config in them (``"pipeline"``);
+    ``prefix`` is the dotted path of this section."""
     mapping = _plain(mapping)
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{prefix[:-1] or 'the config'}{where} must be a mapping, got {mapping!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [str(k) for k in mapping if k not in fields]
+    unknown = unknown_keys(cls, mapping, prefix)
     if unknown:
-        parts = []
-        for k in sorted(unknown):
-            close = difflib.get_close_matches(k, list(fields), n=1)
-            parts.append(f"{prefix}{k}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
         raise ConfigError(
-            f"unknown config key{'s' if len(parts) > 1 else ''} {', '.join(parts)}{where}; "
-            f"known {prefix[:-1] or 'top-level'} keys: {', '.join(fields)}"
+            f"unknown {label} keys {', '.join(unknown)}{where}; "
+            "every key is listed in docs/config_keys.md"
         )
+    return _build(cls, mapping, where, prefix, label)
+
+
+def _build(cls: type, mapping: Mapping, where: str, prefix: str, label: str):
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{prefix[:-1]}{where} must be a mapping, got {mapping!r}")
     hints = _hints(cls)
     kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}{name}"
-        if name not in mapping:
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name not in mapping:
             if f.default is _NO_DEFAULT and f.default_factory is _NO_DEFAULT:
                 raise ConfigError(f"{key} is not set{where}; add {key}: ... to the config")
             continue
-        value = _coerce(hints[name], _plain(mapping[name]), key, where)
+        value = _plain(mapping[f.name])
+        if f.metadata.get("section"):
+            kwargs[f.name] = _build(f.default_factory, value, where, f"{key}.", label)
+            continue
+        value = _coerce(hints[f.name], value, key, where)
         choices = f.metadata.get("choices")
-        if choices and value is not None and value not in choices:  # None: allowed by the type
-            raise ConfigError(
-                f"{key}{where}: {value!r} is not one of {', '.join(map(str, choices))}"
-            )
-        kwargs[name] = value
+        if choices and value is not None and value not in choices:
+            allowed = ", ".join(map(str, choices[:-1])) + f" or {choices[-1]}" if len(choices) > 1 else str(choices[0])
+            named = f"{label} {key}" if label != "config" else key
+            raise ConfigError(f"{named} must be {allowed}, not {value!r}{where}")
+        kwargs[f.name] = value
     return cls(**kwargs)
 
 

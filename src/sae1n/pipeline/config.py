@@ -15,8 +15,6 @@ the stages' own lists.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,42 +142,9 @@ class PipelineConfig:
     figures: FiguresConfig = section(FiguresConfig, "heatmap")
 
 
-def _unknown_keys(cls: type, mapping, prefix: str = "") -> list[str]:
-    """Every key of ``mapping`` (at any depth) that ``cls`` does not declare,
-    dotted, with the closest known key."""
-    if not isinstance(mapping, Mapping):
-        return []  # build() names a section that is not a mapping
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = []
-    for key in mapping:
-        f = fields.get(str(key))
-        if f is None:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            out.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
-        elif f.metadata.get("section"):
-            out += _unknown_keys(f.default_factory, mapping[key], f"{prefix}{key}.")
-    return out
-
-
-def _check(cls: type, mapping, where: str, prefix: str = "") -> None:
-    """Unknown keys at every level (all of them in one error), then values outside their choices."""
-    unknown = _unknown_keys(cls, mapping)
-    if unknown:
-        raise ConfigError(
-            f"unknown pipeline keys {', '.join(unknown)}{where}; every key is in docs/config_keys.md"
-        )
-    if not isinstance(mapping, Mapping):
-        return
-    for f in dataclasses.fields(cls):
-        if f.name not in mapping:
-            continue
-        value = mapping[f.name]
-        if f.metadata.get("section"):
-            _check(f.default_factory, value, where, f"{prefix}{f.name}.")
-        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            choices = f.metadata["choices"]
-            allowed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
-            raise ConfigError(f"pipeline {prefix}{f.name} must be {allowed}, not {value!r}{where}")
+def _check(mapping, where: str) -> None:
+    """Refuse unknown keys (every level, one error) and bad values of one source."""
+    build(PipelineConfig, mapping, where=where, label="pipeline")
 
 
 def load_pipeline_config(
@@ -191,7 +156,7 @@ def load_pipeline_config(
 
     from sae1n.configs import apply_overrides
 
-    _check(PipelineConfig, base or {}, " (in the base config)")
+    _check(base or {}, " (in the base config)")
     cfg = OmegaConf.merge(OmegaConf.create(defaults(PipelineConfig)), OmegaConf.create(dict(base or {})))
     where = ""
     if path is not None:
@@ -207,14 +172,12 @@ def load_pipeline_config(
             raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
         if not isinstance(user, DictConfig):
             raise ConfigError(f"pipeline config {p} must be a mapping of keys, e.g. 'slides: {{dir: ...}}'")
-        _check(PipelineConfig, OmegaConf.to_container(user, resolve=True), where)
+        _check(user, where)
         cfg = OmegaConf.merge(cfg, user)
     cfg = apply_overrides(cfg, list(overrides))
     if overrides:
         where = f" (in {path} or the overrides)" if path is not None else " (in the overrides)"
-    merged = OmegaConf.to_container(cfg, resolve=True)
-    _check(PipelineConfig, merged, where)
-    typed = build(PipelineConfig, merged, where=where)
+    typed = build(PipelineConfig, cfg, where=where, label="pipeline")
     if not typed.slides.dir:
         raise ConfigError(f"pipeline config needs slides.dir (the folder of WSIs){where}")
     return typed
