@@ -376,7 +376,7 @@ class Experiment:
         import pandas as pd
 
         from sae1n.neurons.naming import NAMES_CSV
-        from sae1n.neurons.ranking import read_ranking
+        from sae1n.neurons.ranking_csv import read_ranking
 
         got = self._cache.get(("ranking",))
         if got is not None:

@@ -43,7 +43,7 @@ from sae1n.neurons.inputs import (
     read_split_slides,
 )
 from sae1n.neurons.pooling import check_pooling, pool_activations
-from sae1n.neurons.ranking import ranking_csv_path, read_ranking
+from sae1n.neurons.ranking_csv import ranking_csv_path, read_ranking
 from sae1n.utils import progress
 
 log = logging.getLogger(__name__)

@@ -385,7 +385,7 @@ def _render_to_bytes(plot) -> bytes | None:
 
 
 def _section_ranking(exp: Path, names: pd.DataFrame | None, notes: dict) -> tuple[str, int | None]:
-    from sae1n.neurons.ranking import RANK_CORRELATION_CSV, SUMMARY_JSON, T_TEST_CSV
+    from sae1n.neurons.ranking_csv import RANK_CORRELATION_CSV, SUMMARY_JSON, T_TEST_CSV
 
     analysis = exp / "analysis"
     summary = _read_json(analysis / SUMMARY_JSON) if (analysis / SUMMARY_JSON).is_file() else None
@@ -503,7 +503,7 @@ def report(
     from sae1n.io.neuron_notes import read_notes
     from sae1n.io.provenance import Provenance, check_output, write_sidecar
     from sae1n.neurons.naming import NAMES_CSV
-    from sae1n.neurons.ranking import SUMMARY_JSON
+    from sae1n.neurons.ranking_csv import SUMMARY_JSON
 
     exp = Path(exp_dir)
     if not exp.is_dir():
