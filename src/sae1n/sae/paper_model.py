@@ -137,7 +137,7 @@ class PaperSAE(nn.Module):
 
 
 def _paper_model_type(name) -> str:
-    from sae1n.sae.models import canonical_model_type
+    from sae1n.sae.model_config import canonical_model_type
 
     t = canonical_model_type(str(name))
     if t not in PAPER_MODEL_TYPES:
