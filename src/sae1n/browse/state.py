@@ -27,7 +27,7 @@ from sae1n.browse.tiles import (
 from sae1n.errors import Sae1nError
 from sae1n.io.neuron_notes import NotesStore
 
-log = logging.getLogger("sae1n.browse.app")
+log = logging.getLogger("sae1n.browse.app")  # the logger name of the messages before this module was split out
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OVERLAYS = ("neuron", "attention", "labels")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("sae1n.viz.reporting")
+log = logging.getLogger("sae1n.viz.reporting")  # the logger name of the messages before this module was split out
 
 MAX_IMAGES = 12
 
