@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae1n.datasets.annotations import AnnotationPolygon
+from sae1n.datasets.asap_writer import AnnotationPolygon
 from sae1n.demo.synthetic import DEFAULT_MPP, SlideInfo
 from sae1n.io.atomic import atomic_write_csv, atomic_write_json
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae1n.datasets.annotations import AnnotationPolygon, write_asap_xml
+from sae1n.datasets.asap_writer import AnnotationPolygon, write_asap_xml
 from sae1n.demo.synthetic import DEFAULT_MAGNIFICATION, DEFAULT_MPP, DEFAULT_SIZE, SlideInfo
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.wsi.writers import write_pyramidal_tiff

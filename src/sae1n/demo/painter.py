@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sae1n.datasets.annotations import AnnotationPolygon
+from sae1n.datasets.asap_writer import AnnotationPolygon
 from sae1n.demo.paint_tools import (
     _CLASS_E,
     _CLASS_H,

@@ -1,7 +1,7 @@
 """Generated H&E-like whole-slide images for the demo and for other stages' tests.
 
 This module only paints: the files are written by :mod:`sae1n.wsi.writers`
-(pyramidal TIFF) and :mod:`sae1n.datasets.annotations` (ASAP XML).
+(pyramidal TIFF) and :mod:`sae1n.datasets.asap_writer` (ASAP XML).
 
 Slides are painted in optical-density space (Beer-Lambert): a haematoxylin and an
 eosin concentration map are mixed with fixed stain vectors and turned into RGB,
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae1n.datasets.annotations import AnnotationPolygon, write_asap_xml
+from sae1n.datasets.asap_writer import AnnotationPolygon, write_asap_xml
 from sae1n.demo.paint_tools import (
     BACKGROUND,
     CLASS_NAMES,
