@@ -10,17 +10,14 @@ from sae1n.encoders.spec import (
     NON_COMMERCIAL_GATED,
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    EncoderSpec,
+    EntryList,
 )
 
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 _NC = NON_COMMERCIAL_GATED
-SPECS: list[EncoderSpec] = []  # registered by sae1n.encoders.registry, in this order
-
-
-def _builtin(name: str, **kw) -> None:
-    SPECS.append(EncoderSpec(name=name, **kw))
+SPECS = EntryList()
+_builtin = SPECS.add
 
 
 def _vit(**kw) -> dict:

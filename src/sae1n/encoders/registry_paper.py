@@ -11,15 +11,12 @@ from sae1n.encoders.spec import (
     NON_COMMERCIAL_GATED,
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    EncoderSpec,
+    EntryList,
 )
 
 _NC = NON_COMMERCIAL_GATED
-SPECS: list[EncoderSpec] = []  # registered by sae1n.encoders.registry, in this order
-
-
-def _builtin(name: str, **kw) -> None:
-    SPECS.append(EncoderSpec(name=name, **kw))
+SPECS = EntryList()
+_builtin = SPECS.add
 
 
 _builtin(

@@ -64,3 +64,10 @@ class EncoderSpec:
             ) from exc
         return getattr(mod, fn)
 
+
+class EntryList(list):
+    """The registry entries of one module, in order: ``add(name, **fields)``
+    appends an :class:`EncoderSpec`; :mod:`sae1n.encoders.registry` registers them."""
+
+    def add(self, name: str, **kw) -> None:
+        self.append(EncoderSpec(name=name, **kw))
