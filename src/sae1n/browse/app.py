@@ -20,7 +20,7 @@ import threading
 import numpy as np
 
 from sae1n.browse.experiment import Experiment
-from sae1n.browse.state import _CT, OVERLAYS, STATIC_DIR, TILE_CACHE_BYTES, BrowseState
+from sae1n.browse.state import CONTENT_TYPES, OVERLAYS, STATIC_DIR, TILE_CACHE_BYTES, BrowseState
 from sae1n.browse.tiles import COLORMAPS, DEFAULT_CMAP
 from sae1n.errors import Sae1nError
 from sae1n.io.neuron_notes import TAGS, NoteConflict
@@ -93,7 +93,7 @@ def create_app(exp: Experiment, *, allowed_hosts: list[str] | None = None, warm_
         p = state.assets.get(request.path_params["path"])
         if p is None:
             return not_found()
-        return FileResponse(p, media_type=_CT.get(p.suffix, "application/octet-stream"))
+        return FileResponse(p, media_type=CONTENT_TYPES.get(p.suffix, "application/octet-stream"))
 
     def experiment(request):
         return JSONResponse(

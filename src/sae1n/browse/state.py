@@ -31,7 +31,7 @@ log = logging.getLogger("sae1n.browse.app")  # the logger name of the messages b
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OVERLAYS = ("neuron", "attention", "labels")
-_CT = {".js": "text/javascript", ".css": "text/css", ".png": "image/png", ".html": "text/html", ".svg": "image/svg+xml"}
+CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png", ".html": "text/html", ".svg": "image/svg+xml"}
 TILE_CACHE_BYTES = 512e6
 
 
@@ -41,7 +41,7 @@ def _asset_table() -> dict[str, Path]:
 
     table = {}
     for p in STATIC_DIR.iterdir():
-        if p.is_file() and p.suffix in _CT:
+        if p.is_file() and p.suffix in CONTENT_TYPES:
             table[f"static/{p.name}"] = p
     base = Path(leaflet.BASE_DIR)
     for name in ("leaflet.js", "leaflet.css"):

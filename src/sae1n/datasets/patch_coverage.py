@@ -20,7 +20,7 @@ def tumor_fractions(coords, patch_size_level0, annotation: Annotation) -> np.nda
     ``annotation`` is a shapely geometry or a :class:`TumorMask`.
     """
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    width, height = _size_pair(patch_size_level0)
+    width, height = patch_size_pair(patch_size_level0)
     if isinstance(annotation, TumorMask):
         return _raster_fractions(coords, width, height, annotation)
     if isinstance(annotation, BaseGeometry):
@@ -85,7 +85,7 @@ def _raster_fractions(coords, width, height, mask: TumorMask) -> np.ndarray:
     return np.clip(covered / ((x1 - x0) * (y1 - y0)), 0.0, 1.0)
 
 
-def _size_pair(size) -> tuple[float, float]:
+def patch_size_pair(size) -> tuple[float, float]:
     values = np.atleast_1d(np.asarray(size, dtype=np.float64)).ravel()
     if values.size == 1:
         values = np.repeat(values, 2)

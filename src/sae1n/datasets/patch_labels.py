@@ -29,7 +29,7 @@ from sae1n.datasets.annotations import (
     read_annotation,
 )
 from sae1n.datasets.annotations import annotation_format as annotation_kind
-from sae1n.datasets.patch_coverage import _size_pair, tumor_fractions
+from sae1n.datasets.patch_coverage import patch_size_pair, tumor_fractions
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import atomic_path, atomic_write_csv, validate_slide_id
 from sae1n.io.provenance import Provenance, plan_outputs, write_h5_provenance
@@ -105,7 +105,7 @@ def patch_size_level0(
     from sae1n.wsi.patch_files import PatchGeometry
 
     if override is not None:
-        return _size_pair(override)
+        return patch_size_pair(override)
     try:
         geom = PatchGeometry.from_attrs(attrs, path)
     except InputFileError as exc:
@@ -114,7 +114,7 @@ def patch_size_level0(
             "no patch size attributes (patch_size_level0, or patch_size with downsample/patch_level)",
             "pass --patch_size with the patch side in level-0 pixels",
         ) from exc
-    return _size_pair(geom.size_level0)
+    return patch_size_pair(geom.size_level0)
 
 
 def _plain(value):
@@ -356,7 +356,7 @@ def warn_if_outside(annotation, coords, size, path) -> None:
     area (wrong slide, wrong level or units): the slide would silently count as normal."""
     if not isinstance(annotation, BaseGeometry) or annotation.is_empty or len(coords) == 0:
         return
-    w, h = _size_pair(size)
+    w, h = patch_size_pair(size)
     x0, y0 = np.min(coords, axis=0)
     x1, y1 = np.max(coords, axis=0) + [w, h]
     if not annotation.intersects(shapely.box(x0, y0, x1, y1)):

@@ -21,23 +21,23 @@ from pathlib import Path
 import numpy as np
 
 from sae1n.demo.cohort_files import (
-    _SPLIT_CODES,
     MANIFEST,
     REFERENCE_COLUMNS,
-    _remove_stale,
-    _reusable_slides,
-    _SlidePlan,
-    _write_manifest,
+    SPLIT_CODES,
+    SlidePlan,
+    remove_stale_slides,
+    reusable_slides,
+    write_manifest,
     write_reference_csv,
 )
 from sae1n.demo.mosaic import (
     DEFAULT_TILE_MPP,
     TILE_EXTENSIONS,
-    _tiles_cached,
-    _tiles_fingerprint,
+    cached_tiles,
     generate_mosaic_slide,
     load_tiles,
     render_mosaic,
+    tiles_fingerprint,
 )
 from sae1n.demo.synthetic import DEFAULT_SIZE, SlideInfo, generate_slide
 from sae1n.errors import ConfigError
@@ -82,24 +82,24 @@ def _split_of(slide_id: str) -> str:
 
 
 
-def _plan(n_normal: int, n_tumor: int, n_test: int, seed: int) -> list[_SlidePlan]:
+def _plan(n_normal: int, n_tumor: int, n_test: int, seed: int) -> list[SlidePlan]:
     """Names and per-slide seeds; half of the test slides (rounded up) carry tumour."""
     plans = []
 
     def slide_seed(prefix: str, i: int) -> int:
-        return int(np.random.SeedSequence([seed, _SPLIT_CODES[prefix], i]).generate_state(1)[0])
+        return int(np.random.SeedSequence([seed, SPLIT_CODES[prefix], i]).generate_state(1)[0])
 
     plans += [
-        _SlidePlan(f"normal_{i:03d}", False, slide_seed("normal", i))
+        SlidePlan(f"normal_{i:03d}", False, slide_seed("normal", i))
         for i in range(1, n_normal + 1)
     ]
     plans += [
-        _SlidePlan(f"tumor_{i:03d}", True, slide_seed("tumor", i)) for i in range(1, n_tumor + 1)
+        SlidePlan(f"tumor_{i:03d}", True, slide_seed("tumor", i)) for i in range(1, n_tumor + 1)
     ]
     test_rng = np.random.default_rng(np.random.SeedSequence([seed, 77, n_test]))
     tumor_tests = set(test_rng.permutation(n_test)[: (n_test + 1) // 2].tolist())
     plans += [
-        _SlidePlan(f"test_{i + 1:03d}", i in tumor_tests, slide_seed("test", i + 1))
+        SlidePlan(f"test_{i + 1:03d}", i in tumor_tests, slide_seed("test", i + 1))
         for i in range(n_test)
     ]
     return plans
@@ -154,7 +154,7 @@ def generate_cohort(
         **counts,
         "size": [width, height],
         "seed": int(seed),
-        "tiles": None if tiles_dir is None else _tiles_fingerprint(tiles_dir),
+        "tiles": None if tiles_dir is None else tiles_fingerprint(tiles_dir),
         "tile_mpp": float(tile_mpp) if tiles_dir is not None else None,
         "quality": int(quality),
     }
@@ -162,8 +162,8 @@ def generate_cohort(
     slides_dir.mkdir(parents=True, exist_ok=True)
     ann_dir.mkdir(parents=True, exist_ok=True)
     plans = _plan(n_normal, n_tumor, n_test, seed)
-    done = _reusable_slides(out, params, plans)
-    _remove_stale(out, slides_dir, ann_dir, plans)
+    done = reusable_slides(out, params, plans)
+    remove_stale_slides(out, slides_dir, ann_dir, plans)
 
     todo = [p for p in plans if p.slide_id not in done]
     jobs = [(p, slides_dir, ann_dir, (width, height), tiles_dir, tile_mpp, quality) for p in todo]
@@ -177,14 +177,14 @@ def generate_cohort(
             results = pool.map(_make_slide, jobs)
             for info in progress(results, desc="generate slides", total=len(jobs)):
                 infos[info.slide_id] = info
-                _write_manifest(out, params, plans, infos)
+                write_manifest(out, params, plans, infos)
     else:
         for job in progress(jobs, desc="generate slides", total=len(jobs)):
             info = _make_slide(job, tiles=tiles)
             infos[info.slide_id] = info
-            _write_manifest(out, params, plans, infos)
+            write_manifest(out, params, plans, infos)
     slides = [infos[p.slide_id] for p in plans]
-    _write_manifest(out, params, plans, infos)
+    write_manifest(out, params, plans, infos)
     reference = write_reference_csv(
         out / "reference.csv", [s for s in slides if _split_of(s.slide_id) == "test"]
     )
@@ -200,7 +200,7 @@ def _make_slide(job, tiles=None) -> SlideInfo:
             path, tumor=plan.tumor, size=size, seed=plan.seed, annotation_path=ann, quality=quality
         )
     if tiles is None:
-        tiles = _tiles_cached(str(tiles_dir))
+        tiles = cached_tiles(str(tiles_dir))
     return generate_mosaic_slide(
         path,
         tiles,

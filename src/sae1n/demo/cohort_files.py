@@ -17,19 +17,19 @@ from sae1n.io.atomic import atomic_write_csv, atomic_write_json
 
 MANIFEST = "cohort.json"
 REFERENCE_COLUMNS = ("slide_name", "is_tumor", "category_1", "category_2", "truth")
-_SPLIT_CODES = {"normal": 0, "tumor": 1, "test": 2}
+SPLIT_CODES = {"normal": 0, "tumor": 1, "test": 2}
 
 
 @dataclass(frozen=True)
-class _SlidePlan:
+class SlidePlan:
     slide_id: str
     tumor: bool
     seed: int
 
 
 
-def _write_manifest(
-    out: Path, params: dict, plans: list[_SlidePlan], infos: dict[str, SlideInfo]
+def write_manifest(
+    out: Path, params: dict, plans: list[SlidePlan], infos: dict[str, SlideInfo]
 ) -> None:
     slides = []
     for p in plans:
@@ -51,7 +51,7 @@ def _write_manifest(
     atomic_write_json(out / MANIFEST, {"params": params, "slides": slides})
 
 
-def _reusable_slides(out: Path, params: dict, plans: list[_SlidePlan]) -> dict[str, SlideInfo]:
+def reusable_slides(out: Path, params: dict, plans: list[SlidePlan]) -> dict[str, SlideInfo]:
     """Slides from an earlier run with the same parameters whose files are intact."""
     try:
         manifest = json.loads((out / MANIFEST).read_text())
@@ -114,11 +114,11 @@ def _slide_file_ok(info: SlideInfo) -> bool:
         return False
 
 
-def _remove_stale(out: Path, slides_dir: Path, ann_dir: Path, plans: list[_SlidePlan]) -> None:
+def remove_stale_slides(out: Path, slides_dir: Path, ann_dir: Path, plans: list[SlidePlan]) -> None:
     """Drop generated files that the new plan does not contain (fewer slides, or a
     test slide that is now normal), so later stages never see a stale slide."""
     wanted = {p.slide_id: p for p in plans}
-    prefixes = tuple(f"{k}_" for k in _SPLIT_CODES)
+    prefixes = tuple(f"{k}_" for k in SPLIT_CODES)
     for f in slides_dir.glob("*.tif"):
         if f.stem.startswith(prefixes) and f.stem not in wanted:
             f.unlink()

@@ -19,7 +19,7 @@ TILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_TILE_MPP = 0.25  # CAMELYON16 level-0 tiles are ~0.243 um/px (40x)
 
 
-def _tiles_fingerprint(tiles_dir: str | os.PathLike) -> str:
+def tiles_fingerprint(tiles_dir: str | os.PathLike) -> str:
     """Changes when the tile folder's files (names, sizes, times) change."""
     from sae1n.io.provenance import fingerprint_of
 
@@ -32,7 +32,7 @@ def _tiles_fingerprint(tiles_dir: str | os.PathLike) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _tiles_cached(tiles_dir: str) -> dict[str, np.ndarray]:
+def cached_tiles(tiles_dir: str) -> dict[str, np.ndarray]:
     # one read per worker process, however many slides it makes
     return load_tiles(tiles_dir)
 
@@ -95,7 +95,7 @@ def render_mosaic(
     tiles. Returns ``(rgb, tumour rectangles, tissue_fraction, tumour fraction
     of the tissue)``. Tiles are placed on a grid aligned to level-0 multiples
     of the tile size, with random 90-degree turns and flips."""
-    from sae1n.demo.paint_tools import _od_to_rgb, _smooth_noise
+    from sae1n.demo.paint_tools import od_to_rgb, smooth_noise
 
     rng = np.random.default_rng(seed)
     t = tiles["normal"].shape[1]
@@ -104,7 +104,7 @@ def render_mosaic(
     # tissue cells: a blob around the centre with a noisy outline, 40-60% of the grid
     yy, xx = np.mgrid[0:gh, 0:gw]
     r = np.hypot((xx - (gw - 1) / 2) / max(gw / 2, 1), (yy - (gh - 1) / 2) / max(gh / 2, 1))
-    score = -r + 0.35 * _smooth_noise(rng, (gh, gw), 1.2)
+    score = -r + 0.35 * smooth_noise(rng, (gh, gw), 1.2)
     if gw >= 6 and gh >= 6:  # a glass margin of one tile around the tissue
         score[[0, -1], :] = score[:, [0, -1]] = -np.inf
     n_tissue = max(4, int(round(rng.uniform(0.4, 0.55) * gw * gh)))
@@ -141,7 +141,7 @@ def render_mosaic(
             )
 
     rgb = np.empty((height, width, 3), np.uint8)
-    rgb[:] = _od_to_rgb(np.zeros(3))
+    rgb[:] = od_to_rgb(np.zeros(3))
     for cy, cx in zip(*np.nonzero(cell_class), strict=True):
         stack = tiles["tumor" if cell_class[cy, cx] == 2 else "normal"]
         tile = stack[int(rng.integers(len(stack)))]

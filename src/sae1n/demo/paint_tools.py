@@ -13,33 +13,33 @@ BACKGROUND, STROMA, LYMPH, GERMINAL, FAT, TUMOR = 0, 1, 2, 3, 4, 5
 CLASS_NAMES = ("background", "stroma", "lymph", "germinal_centre", "fat", "tumor")
 
 # Normalised stain optical-density vectors (R, G, B), typical H&E values.
-_H_VECTOR = np.array([0.5626, 0.7201, 0.4062])
-_E_VECTOR = np.array([0.2159, 0.8012, 0.5581])
-_GLASS_OD = np.array([0.028, 0.032, 0.022])  # background: slightly off-white glass
+H_VECTOR = np.array([0.5626, 0.7201, 0.4062])
+E_VECTOR = np.array([0.2159, 0.8012, 0.5581])
+GLASS_OD = np.array([0.028, 0.032, 0.022])  # background: slightly off-white glass
 # Concentrations are quantised to 8 bits to colour through a 2-D lookup table.
-_H_STEPS_PER_UNIT = 80.0
-_E_STEPS_PER_UNIT = 128.0
+H_STEPS_PER_UNIT = 80.0
+E_STEPS_PER_UNIT = 128.0
 
 # Per-class cytoplasm / matrix stain (used where no nucleus or vacuole is drawn).
-_CLASS_H = np.array([0.0, 0.05, 0.16, 0.14, 0.04, 0.16], np.float32)
-_CLASS_E = np.array([0.0, 0.18, 0.30, 0.30, 0.55, 0.42], np.float32)
-_FIBRE_E = 0.9  # extra eosin at the brightest collagen fibres (squared profile)
+CLASS_HAEMATOXYLIN = np.array([0.0, 0.05, 0.16, 0.14, 0.04, 0.16], np.float32)
+CLASS_EOSIN = np.array([0.0, 0.18, 0.30, 0.30, 0.55, 0.42], np.float32)
+FIBRE_EOSIN = 0.9  # extra eosin at the brightest collagen fibres (squared profile)
 
 
-def _od_to_rgb(od: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(255.0 * np.exp(-(np.asarray(od) + _GLASS_OD))), 0, 255).astype(np.uint8)
+def od_to_rgb(od: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(255.0 * np.exp(-(np.asarray(od) + GLASS_OD))), 0, 255).astype(np.uint8)
 
 
-def _stain_lut(h_vector: np.ndarray, e_vector: np.ndarray) -> np.ndarray:
+def stain_lut(h_vector: np.ndarray, e_vector: np.ndarray) -> np.ndarray:
     """(65536,) uint32 packed RGBA for every quantised (H, E) pair."""
-    h = np.arange(256) / _H_STEPS_PER_UNIT
-    e = np.arange(256) / _E_STEPS_PER_UNIT
+    h = np.arange(256) / H_STEPS_PER_UNIT
+    e = np.arange(256) / E_STEPS_PER_UNIT
     od = h[:, None, None] * h_vector + e[None, :, None] * e_vector
-    rgb = _od_to_rgb(od).reshape(-1, 3).astype(np.uint32)
+    rgb = od_to_rgb(od).reshape(-1, 3).astype(np.uint32)
     return rgb[:, 0] | (rgb[:, 1] << 8) | (rgb[:, 2] << 16) | np.uint32(255 << 24)
 
 
-def _class_lut(per_class: np.ndarray, steps_per_unit: float) -> np.ndarray:
+def class_lut(per_class: np.ndarray, steps_per_unit: float) -> np.ndarray:
     """256-entry uint8 lookup table: class id -> quantised stain concentration."""
     values = np.clip(np.round(per_class * steps_per_unit), 0, 255)
     lut = np.full(256, values[-1], np.uint8)  # ids past the table: tumour regions
@@ -47,7 +47,7 @@ def _class_lut(per_class: np.ndarray, steps_per_unit: float) -> np.ndarray:
     return lut
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-blurred white noise, rescaled to zero mean and unit variance."""
     import cv2
 
@@ -56,13 +56,13 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return (noise - noise.mean()) / (noise.std() + 1e-8)
 
 
-def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _radial_polygons(
+def radial_polygons(
     rng: np.random.Generator,
     centres: np.ndarray,
     radius: np.ndarray,
@@ -93,7 +93,7 @@ def _radial_polygons(
     return pts + np.asarray(centres, float)[:, None, :]
 
 
-def _fill(img: np.ndarray, polygons: np.ndarray, value, antialias: bool = True) -> None:
+def fill_polygons(img: np.ndarray, polygons: np.ndarray, value, antialias: bool = True) -> None:
     """Fill (N, V, 2) float polygons into ``img`` with sub-pixel precision."""
     import cv2
 
@@ -103,7 +103,7 @@ def _fill(img: np.ndarray, polygons: np.ndarray, value, antialias: bool = True) 
     cv2.fillPoly(img, pts, value, cv2.LINE_AA if antialias else cv2.LINE_8, 4)
 
 
-def _jittered_grid(
+def jittered_grid(
     rng: np.random.Generator, width: int, height: int, spacing: float, jitter: float
 ) -> np.ndarray:
     """(N, 2) points on a grid of ``spacing`` px, each moved by up to ``jitter * spacing``."""

@@ -9,26 +9,26 @@ import numpy as np
 
 from sae1n.datasets.asap_writer import AnnotationPolygon
 from sae1n.demo.paint_tools import (
-    _CLASS_E,
-    _CLASS_H,
-    _E_STEPS_PER_UNIT,
-    _E_VECTOR,
-    _FIBRE_E,
-    _H_STEPS_PER_UNIT,
-    _H_VECTOR,
+    CLASS_EOSIN,
+    CLASS_HAEMATOXYLIN,
     CLASS_NAMES,
+    E_STEPS_PER_UNIT,
+    E_VECTOR,
     FAT,
+    FIBRE_EOSIN,
     GERMINAL,
+    H_STEPS_PER_UNIT,
+    H_VECTOR,
     LYMPH,
     STROMA,
     TUMOR,
-    _class_lut,
-    _fill,
-    _jittered_grid,
-    _radial_polygons,
-    _resize,
-    _smooth_noise,
-    _stain_lut,
+    class_lut,
+    fill_polygons,
+    jittered_grid,
+    radial_polygons,
+    resize_image,
+    smooth_noise,
+    stain_lut,
 )
 
 
@@ -50,7 +50,7 @@ class SlidePainter:
         self.tissue_low = np.zeros((self.lh, self.lw), bool)
         self.tumor_styles: list[tuple[float, ...]] = []
         self.angle_low = (
-            rng.uniform(0, np.pi) + 0.8 * _smooth_noise(rng, (self.lh, self.lw), 24.0)
+            rng.uniform(0, np.pi) + 0.8 * smooth_noise(rng, (self.lh, self.lw), 24.0)
         ).astype(np.float32)
 
     def _up_mask(self, field_low: np.ndarray, value: int = 255, gain: float = 96.0) -> np.ndarray:
@@ -60,7 +60,7 @@ class SlidePainter:
         import cv2
 
         f8 = np.clip(field_low * gain + 128.0, 0, 255).astype(np.uint8)
-        return cv2.threshold(_resize(f8, self.w, self.h), 128, value, cv2.THRESH_BINARY)[1]
+        return cv2.threshold(resize_image(f8, self.w, self.h), 128, value, cv2.THRESH_BINARY)[1]
 
     # ------------------------------------------------------------- layout
     def paint_tissue(self) -> None:
@@ -88,7 +88,7 @@ class SlidePainter:
                     k * theta + rng.uniform(0, 2 * np.pi)
                 )
             field_ = np.maximum(field_, 1.0 - np.sqrt(u * u + v * v) / (1.0 + wobble))
-        field_ += 0.10 * _smooth_noise(rng, (lh, lw), 6.0) + 0.04 * _smooth_noise(
+        field_ += 0.10 * smooth_noise(rng, (lh, lw), 6.0) + 0.04 * smooth_noise(
             rng, (lh, lw), 2.0
         )
         # keep tissue off the slide edges
@@ -100,8 +100,8 @@ class SlidePainter:
         self.tissue_alpha = cv2.GaussianBlur(tissue, (0, 0), 0.8)
 
         # fat and lymphocyte blobs inside the tissue, the rest is stroma
-        fat_f = _smooth_noise(rng, (lh, lw), 14.0)
-        lymph_f = _smooth_noise(rng, (lh, lw), 10.0)
+        fat_f = smooth_noise(rng, (lh, lw), 14.0)
+        lymph_f = smooth_noise(rng, (lh, lw), 10.0)
         if self.tissue_low.any():
             fat_f -= float(np.quantile(fat_f[self.tissue_low], 1 - rng.uniform(0.05, 0.16)))
             lymph_f -= float(np.quantile(lymph_f[self.tissue_low], 1 - rng.uniform(0.10, 0.28)))
@@ -155,20 +155,20 @@ class SlidePainter:
                 hole_c = centre + rng.uniform(-0.2, 0.2, 2) * r
                 hole_r = np.array([r * rng.uniform(0.15, 0.25)])
                 holes.append(
-                    _radial_polygons(rng, hole_c[None], hole_r, n_vertices=40, irregularity=0.15)[0]
+                    radial_polygons(rng, hole_c[None], hole_r, n_vertices=40, irregularity=0.15)[0]
                 )
         polygons: list[AnnotationPolygon] = []
         # tissue always covers each lesion plus a thin rim of stroma; all rims go
         # first so no rim can paint over another lesion
         for centre, verts, r in lesions:
             rim = centre + (verts - centre) * (1.0 + 16.0 / r)
-            _fill(self.tissue_alpha, rim[None], 255, antialias=False)
-            _fill(self.labels, rim[None], STROMA, antialias=False)
+            fill_polygons(self.tissue_alpha, rim[None], 255, antialias=False)
+            fill_polygons(self.labels, rim[None], STROMA, antialias=False)
         for i, (_, verts, _) in enumerate(lesions):
             polygons.append(
                 AnnotationPolygon(verts, "_0" if i == 0 or rng.random() < 0.5 else "_1")
             )
-            _fill(self.labels, verts[None], TUMOR + i, antialias=False)
+            fill_polygons(self.labels, verts[None], TUMOR + i, antialias=False)
             # each lesion has its own grade: nuclear size, density, darkness, lymphocytes
             self.tumor_styles.append(
                 (
@@ -181,7 +181,7 @@ class SlidePainter:
             )
         for hole in holes:
             polygons.insert(1, AnnotationPolygon(hole, "_2"))
-            _fill(self.labels, hole[None], STROMA, antialias=False)
+            fill_polygons(self.labels, hole[None], STROMA, antialias=False)
         return polygons
 
     def _free_spot(self, dist: np.ndarray, r: float) -> np.ndarray | None:
@@ -220,26 +220,26 @@ class SlidePainter:
         return pts[(labels == cls) & (self.rng.random(len(pts)) < keep)]
 
     def _grid_labels(self, spacing: float, jitter: float) -> tuple[np.ndarray, np.ndarray]:
-        pts = _jittered_grid(self.rng, self.w, self.h, spacing, jitter)
+        pts = jittered_grid(self.rng, self.w, self.h, spacing, jitter)
         xi = np.clip(pts[:, 0].astype(np.int64), 0, self.w - 1)
         yi = np.clip(pts[:, 1].astype(np.int64), 0, self.h - 1)
         return pts, self.labels[yi, xi]
 
     def _nuclei(self) -> np.ndarray:
-        """uint8 haematoxylin map of all nuclei (H * _H_STEPS_PER_UNIT)."""
+        """uint8 haematoxylin map of all nuclei (H * H_STEPS_PER_UNIT)."""
         rng = self.rng
         nuc = np.zeros((self.h, self.w), np.uint8)
 
         def draw(polys, h_values):
-            q = np.clip(np.round(h_values * _H_STEPS_PER_UNIT / 4.0) * 4.0, 0, 255).astype(np.uint8)
+            q = np.clip(np.round(h_values * H_STEPS_PER_UNIT / 4.0) * 4.0, 0, 255).astype(np.uint8)
             for v in np.unique(q):  # one fill per grey level
-                _fill(nuc, polys[q == v], int(v))
+                fill_polygons(nuc, polys[q == v], int(v))
 
         # stroma: sparse elongated fibroblast nuclei along the fibres
         pts = self._sample(STROMA, 30.0, 0.45, 0.45)
         n = len(pts)
         angle = self._angle_at(pts) + rng.normal(0, 0.25, n)
-        polys = _radial_polygons(
+        polys = radial_polygons(
             rng,
             pts,
             rng.uniform(3.0, 4.2, n),
@@ -253,7 +253,7 @@ class SlidePainter:
         # lymphocytes: small, round, very dark, densely packed
         pts = self._sample(LYMPH, 10.5, 0.3, 0.88)
         n = len(pts)
-        polys = _radial_polygons(
+        polys = radial_polygons(
             rng,
             pts,
             rng.uniform(3.4, 4.4, n),
@@ -266,7 +266,7 @@ class SlidePainter:
         # a few flattened nuclei on fat membranes
         pts = self._sample(FAT, 60.0, 0.5, 0.3)
         n = len(pts)
-        polys = _radial_polygons(
+        polys = radial_polygons(
             rng, pts, rng.uniform(2.5, 3.2, n), n_vertices=10, aspect=rng.uniform(4, 7, n)
         )
         draw(polys, rng.uniform(1.2, 1.6, n))
@@ -276,7 +276,7 @@ class SlidePainter:
         n = len(pts)
         small = rng.random(n) < 0.3
         radius = np.where(small, rng.uniform(3.4, 4.2, n), rng.uniform(5.0, 6.8, n))
-        polys = _radial_polygons(
+        polys = radial_polygons(
             rng, pts, radius, n_vertices=14, irregularity=0.12, aspect=rng.uniform(1.0, 1.5, n)
         )
         draw(polys, np.where(small, rng.uniform(1.8, 2.3, n), rng.uniform(1.0, 1.4, n)))
@@ -294,7 +294,7 @@ class SlidePainter:
         pts, style = pts[kept], style[kept]
         til = rng.random(len(pts)) < style[:, 4]
         n = int(til.sum())
-        polys = _radial_polygons(rng, pts[til], rng.uniform(3.4, 4.4, n), n_vertices=10)
+        polys = radial_polygons(rng, pts[til], rng.uniform(3.4, 4.4, n), n_vertices=10)
         draw(polys, rng.uniform(1.9, 2.4, n))
         pts, style = pts[~til], style[~til]
         n = len(pts)
@@ -307,13 +307,13 @@ class SlidePainter:
         }
         rim = style[:, 2] * rng.uniform(0.9, 1.1, n)
         seed = int(rng.integers(2**63))  # the core reuses the outline's harmonics
-        outer = _radial_polygons(np.random.default_rng(seed), pts, radius, **shape)
-        inner = _radial_polygons(np.random.default_rng(seed), pts, radius * 0.7, **shape)
+        outer = radial_polygons(np.random.default_rng(seed), pts, radius, **shape)
+        inner = radial_polygons(np.random.default_rng(seed), pts, radius * 0.7, **shape)
         draw(outer, rim)
         draw(inner, rim * style[:, 3])
         has = rng.random(n) < 0.7
         k = int(has.sum())
-        nucleoli = _radial_polygons(
+        nucleoli = radial_polygons(
             rng, pts[has] + rng.normal(0, 1.2, (k, 2)), rng.uniform(1.2, 2.0, k), n_vertices=8
         )
         draw(nucleoli, rng.uniform(1.8, 2.3, k))
@@ -330,7 +330,7 @@ class SlidePainter:
         if not fat_q.any():
             return np.zeros((self.h, self.w), np.uint8)
         spacing = rng.uniform(15.0, 21.0)  # 60-84 px at level 0
-        seeds = _jittered_grid(rng, qw, qh, spacing, 0.4).astype(np.int64)
+        seeds = jittered_grid(rng, qw, qh, spacing, 0.4).astype(np.int64)
         seeds = seeds[
             (seeds[:, 0] >= 0) & (seeds[:, 0] < qw) & (seeds[:, 1] >= 0) & (seeds[:, 1] < qh)
         ]
@@ -344,7 +344,7 @@ class SlidePainter:
         fat_inner = cv2.erode(fat_q.view(np.uint8), None).view(bool)
         vac_q = (fat_inner & ~membrane).view(np.uint8) * np.uint8(255)
         vac_q = cv2.GaussianBlur(vac_q, (0, 0), 0.6)  # rounder corners, smoother membranes
-        return _resize(vac_q, self.w, self.h)
+        return resize_image(vac_q, self.w, self.h)
 
     def _angle_at(self, pts: np.ndarray) -> np.ndarray:
         xi = np.clip((pts[:, 0] / self.LOW).astype(np.int64), 0, self.lw - 1)
@@ -373,11 +373,11 @@ class SlidePainter:
             ] = 1.0
             kernel /= kernel.sum()
             smeared = cv2.filter2D(noise, -1, kernel, borderType=cv2.BORDER_REFLECT)
-            smeared *= _resize((wgt / total).astype(np.float32), qw, qh)
+            smeared *= resize_image((wgt / total).astype(np.float32), qw, qh)
             out += smeared
         out /= out.std() + 1e-6
         pattern = np.clip(128.0 + 80.0 * out, 0, 255).astype(np.uint8)
-        return _resize(pattern, self.w, self.h)
+        return resize_image(pattern, self.w, self.h)
 
     # ------------------------------------------------------------- compose
     def compose(self) -> np.ndarray:
@@ -388,26 +388,26 @@ class SlidePainter:
         labels = self.labels
         # multiplicative grain in 1/128 units: 0.75..1.25
         grain = rng.integers(96, 161, size=(self.h // 2 + 1, self.w // 2 + 1), dtype=np.uint8)
-        grain = _resize(grain, self.w, self.h)
+        grain = resize_image(grain, self.w, self.h)
         alpha = cv2.multiply(self.tissue_alpha, 255 - self._vacuoles(), scale=1 / 255)
 
         # eosin: matrix per class plus collagen bundles in stroma
-        e = cv2.LUT(labels, _class_lut(_CLASS_E, _E_STEPS_PER_UNIT))
+        e = cv2.LUT(labels, class_lut(CLASS_EOSIN, E_STEPS_PER_UNIT))
         fib = cv2.bitwise_and(self._fibres(), cv2.compare(labels, STROMA, cv2.CMP_EQ))
-        e = cv2.add(e, cv2.multiply(fib, fib, scale=_E_STEPS_PER_UNIT * _FIBRE_E / 255**2))
+        e = cv2.add(e, cv2.multiply(fib, fib, scale=E_STEPS_PER_UNIT * FIBRE_EOSIN / 255**2))
         del fib
         e = cv2.multiply(e, cv2.flip(grain, -1), scale=1 / 128)
         e = cv2.multiply(e, alpha, scale=rng.uniform(0.75, 1.25) / 255)
 
         # haematoxylin: cytoplasm per class plus grainy nuclei (chromatin texture)
-        h_class = cv2.LUT(labels, _class_lut(_CLASS_H, _H_STEPS_PER_UNIT))
+        h_class = cv2.LUT(labels, class_lut(CLASS_HAEMATOXYLIN, H_STEPS_PER_UNIT))
         h = cv2.add(cv2.multiply(self._nuclei(), grain, scale=1 / 128), h_class)
         h = cv2.multiply(h, alpha, scale=rng.uniform(0.82, 1.18) / 255)
 
         index = h.astype(np.uint16)
         index <<= 8
         index |= e
-        rgba = _stain_lut(_H_VECTOR, _E_VECTOR)[index].view(np.uint8).reshape(self.h, self.w, 4)
+        rgba = stain_lut(H_VECTOR, E_VECTOR)[index].view(np.uint8).reshape(self.h, self.w, 4)
         return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
 
     def class_fractions(self) -> dict[str, float]:

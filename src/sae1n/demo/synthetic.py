@@ -40,7 +40,7 @@ from sae1n.demo.paint_tools import (
     LYMPH,
     STROMA,
     TUMOR,
-    _od_to_rgb,
+    od_to_rgb,
 )
 from sae1n.demo.painter import SlidePainter
 from sae1n.errors import ConfigError
@@ -132,7 +132,7 @@ def render_slide(
     layout = SlideLayout(size=(width, height))
     if empty:
         rgb = np.empty((height, width, 3), np.uint8)
-        rgb[:] = _od_to_rgb(np.zeros(3))
+        rgb[:] = od_to_rgb(np.zeros(3))
         layout.label_map = np.zeros((height, width), np.uint8)
         return rgb, layout
 

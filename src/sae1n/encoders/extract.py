@@ -25,11 +25,11 @@ import numpy as np
 
 from sae1n.encoders.feature_outputs import (
     EXTRACT_SCHEMA,
-    _info,
-    _n_rows,
-    _readable_bag,
+    bag_readable,
+    encoder_info,
     encoder_settings,
     feature_provenance,
+    h5_feature_rows,
     outputs_valid,
 )
 from sae1n.encoders.patches import RegionReadError, read_patch_coords
@@ -230,7 +230,7 @@ def extract_features(
     plan = {p: prov for outs in expected.values() for p, prov in outs.items()}
     plan[info_path] = info_prov
     if auto_skip:
-        _, cur = plan_outputs(plan, overwrite=overwrite, valid=_readable_bag)
+        _, cur = plan_outputs(plan, overwrite=overwrite, valid=bag_readable)
         current = set(cur)
     elif info_path.is_file() and not overwrite:
         plan_outputs({info_path: info_prov})  # a forced redo still refuses another encoder's folder
@@ -245,7 +245,7 @@ def extract_features(
                 t0 = time.perf_counter()
                 outs = expected.get(sid, {})
                 if auto_skip and outs and all(p in current for p in outs):
-                    summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
+                    summary.results.append(SlideResult(sid, "skipped", n_patches=h5_feature_rows(outs)))
                     continue
                 with item_lock(feat_dir, sid) as mine:
                     if not mine:
@@ -254,9 +254,9 @@ def extract_features(
                         )
                         continue
                     if auto_skip and outs and all(
-                        is_current(p, prov) and _readable_bag(p) for p, prov in outs.items()
+                        is_current(p, prov) and bag_readable(p) for p, prov in outs.items()
                     ):
-                        summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
+                        summary.results.append(SlideResult(sid, "skipped", n_patches=h5_feature_rows(outs)))
                         continue
                     try:
                         res = _extract_one(
@@ -287,7 +287,7 @@ def extract_features(
                 res.seconds = time.perf_counter() - t0
                 summary.results.append(res)
                 if res.status in ("extracted", "empty") and not is_current(info_path, info_prov):
-                    atomic_write_json(info_path, _info(encoder))
+                    atomic_write_json(info_path, encoder_info(encoder))
                     write_sidecar(info_path, info_prov)
                 if time.perf_counter() - last_write > 5:
                     _write_status(summary)
@@ -295,7 +295,7 @@ def extract_features(
             if any(r.status == "skipped" for r in summary.results) and not is_current(
                 info_path, info_prov
             ):
-                atomic_write_json(info_path, _info(encoder))
+                atomic_write_json(info_path, encoder_info(encoder))
                 write_sidecar(info_path, info_prov)
         finally:
             summary.seconds = time.perf_counter() - t_start

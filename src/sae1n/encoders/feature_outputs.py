@@ -48,7 +48,7 @@ def feature_provenance(encoder, feat_dir, sid, patch_path, slide_dir, slide_ext)
     }
 
 
-def _readable_bag(path: Path) -> bool:
+def bag_readable(path: Path) -> bool:
     if path.suffix not in (".h5", ".pt"):
         return True
     try:
@@ -59,7 +59,7 @@ def _readable_bag(path: Path) -> bool:
     return True
 
 
-def _n_rows(outs) -> int:
+def h5_feature_rows(outs) -> int:
     h5 = next(p for p in outs if p.suffix == ".h5")
     try:
         import h5py
@@ -70,7 +70,7 @@ def _n_rows(outs) -> int:
         return 0
 
 
-def _info(encoder) -> dict:
+def encoder_info(encoder) -> dict:
     return {
         "encoder": encoder.name,
         "dim": encoder.dim,

@@ -17,7 +17,7 @@ log = logging.getLogger("sae1n.viz.reporting")  # the logger name of the message
 
 MAX_IMAGES = 12
 
-_CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 h1{font-size:1.6em;margin-bottom:4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
 table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
@@ -35,11 +35,11 @@ def _img_tag(png: bytes | Path, alt: str, cls: str = "") -> str:
     return f'<img{c} alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def _figure(png: bytes | Path, caption: str, cls: str = "") -> str:
+def figure_html(png: bytes | Path, caption: str, cls: str = "") -> str:
     return f"<figure>{_img_tag(png, caption, cls)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def _fmt(v) -> str:
+def format_cell(v) -> str:
     if v is None:
         return "&ndash;"
     if isinstance(v, bool | np.bool_):
@@ -54,40 +54,40 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def _table(
+def table_html(
     df: pd.DataFrame, highlight: pd.Series | None = None, oracle: pd.Series | None = None
 ) -> str:
     head = "".join(f'<th class="l">{html.escape(str(c))}</th>' for c in df.columns)
     body = []
     for i, (_, row) in enumerate(df.iterrows()):
         classes = []
-        if highlight is not None and _truthy(highlight.iloc[i]):
+        if highlight is not None and is_truthy(highlight.iloc[i]):
             classes.append("chosen")
-        if oracle is not None and i < len(oracle) and _truthy(oracle.iloc[i]):
+        if oracle is not None and i < len(oracle) and is_truthy(oracle.iloc[i]):
             classes.append("oracle")
         cls = f' class="{" ".join(classes)}"' if classes else ""
         cells = "".join(
-            f'<td class="l">{_fmt(v)}</td>' if isinstance(v, str) else f"<td>{_fmt(v)}</td>"
+            f'<td class="l">{format_cell(v)}</td>' if isinstance(v, str) else f"<td>{format_cell(v)}</td>"
             for v in row
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _kv_table(items: dict) -> str:
+def key_value_table(items: dict) -> str:
     rows = "".join(
-        f'<tr><th class="l">{html.escape(str(k))}</th><td class="l">{_fmt(v)}</td></tr>'
+        f'<tr><th class="l">{html.escape(str(k))}</th><td class="l">{format_cell(v)}</td></tr>'
         for k, v in items.items()
     )
     return f"<table>{rows}</table>"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten_settings(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten_settings(v, key + "."))
         elif isinstance(v, list):
             out[key] = json.dumps(v) if len(json.dumps(v)) < 80 else f"[{len(v)} items]"
         else:
@@ -95,7 +95,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _read_json(path: Path):
+def read_json_or_none(path: Path):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -103,7 +103,7 @@ def _read_json(path: Path):
         return None
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
+def read_csv_or_none(path: Path) -> pd.DataFrame | None:
     try:
         return pd.read_csv(path)
     except Exception as exc:  # a damaged file must not break the whole page
@@ -111,7 +111,7 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return None
 
 
-def _pngs(folder: Path, limit: int = MAX_IMAGES) -> tuple[list[Path], int]:
+def list_pngs(folder: Path, limit: int = MAX_IMAGES) -> tuple[list[Path], int]:
     files = (
         sorted(p for p in folder.glob("*.png") if not p.name.startswith("."))
         if folder.is_dir()
@@ -120,7 +120,7 @@ def _pngs(folder: Path, limit: int = MAX_IMAGES) -> tuple[list[Path], int]:
     return files[:limit], max(0, len(files) - limit)
 
 
-def _truthy(v) -> bool:
+def is_truthy(v) -> bool:
     if isinstance(v, str):
         return v.strip().lower() in ("true", "1", "yes")
     try:

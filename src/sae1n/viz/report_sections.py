@@ -13,16 +13,16 @@ import pandas as pd
 
 from sae1n.viz.report_html import (
     MAX_IMAGES,
-    _figure,
-    _flatten,
-    _fmt,
-    _kv_table,
-    _pngs,
-    _read_csv,
-    _read_json,
-    _table,
-    _truthy,
+    figure_html,
+    flatten_settings,
+    format_cell,
+    is_truthy,
+    key_value_table,
+    list_pngs,
     log,
+    read_csv_or_none,
+    read_json_or_none,
+    table_html,
 )
 
 RANKING_ROWS = 20
@@ -38,12 +38,12 @@ def _unit_name(unit, notes: dict, names: pd.DataFrame | None) -> str:
     return ""
 
 
-def _section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[str, int | None]:
+def section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[str, int | None]:
     """The chosen neuron, its patch metrics against every baseline, every evaluation figure."""
     from sae1n.neurons.evaluate import METRICS_CSV, METRICS_JSON, PR_PNG, ROC_PNG
 
     ev = exp / "evaluation"
-    res = _read_json(ev / METRICS_JSON) if (ev / METRICS_JSON).is_file() else None
+    res = read_json_or_none(ev / METRICS_JSON) if (ev / METRICS_JSON).is_file() else None
     res = res if isinstance(res, dict) else {}
     unit = res.get("chosen_unit", chosen if chosen is not None else top_unit)
     parts = ["<h2>The answer</h2>"]
@@ -52,16 +52,16 @@ def _section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[st
         return "".join(parts), None
     name = _unit_name(unit, notes, names)
     c = res.get("chosen") or {}
-    head = f"Chosen neuron {_fmt(unit)}" + (f": <b>{html.escape(name)}</b>" if name else "")
-    bits = [f"rank {_fmt(c.get('rank'))}" if c.get("rank") is not None else "", f"fires on {html.escape(str(c['direction']))}" if c.get("direction") else ""]
+    head = f"Chosen neuron {format_cell(unit)}" + (f": <b>{html.escape(name)}</b>" if name else "")
+    bits = [f"rank {format_cell(c.get('rank'))}" if c.get("rank") is not None else "", f"fires on {html.escape(str(c['direction']))}" if c.get("direction") else ""]
     parts.append(f'<p class="answer">{head} <span class="note">{", ".join(b for b in bits if b)}</span></p>')
     if c:
         keys = ["patch_auroc", "patch_ap", "f1", "precision", "recall", "threshold", "slide_auroc", "n_patches", "n_positive", "n_slides"]
-        parts.append(_kv_table({k: c.get(k) for k in keys if k in c}))
-    table = _read_csv(ev / METRICS_CSV) if (ev / METRICS_CSV).is_file() else None
+        parts.append(key_value_table({k: c.get(k) for k in keys if k in c}))
+    table = read_csv_or_none(ev / METRICS_CSV) if (ev / METRICS_CSV).is_file() else None
     if table is not None and len(table):
         table = table.copy()
-        oracle = table["oracle"].map(_truthy) if "oracle" in table.columns else pd.Series(False, index=table.index)
+        oracle = table["oracle"].map(is_truthy) if "oracle" in table.columns else pd.Series(False, index=table.index)
         if "method" in table.columns:
             table["method"] = [f"{m} (oracle)" if o else str(m) for m, o in zip(table["method"], oracle)]
         has_baseline = "method" in table.columns and (table["method"].astype(str) != "sae_neuron").any()
@@ -69,36 +69,36 @@ def _section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[st
             b = {"method": "abmil_attention (baseline)", **{k: res["baseline"].get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}}
             table = pd.concat([table, pd.DataFrame([b])], ignore_index=True)
             oracle = pd.concat([oracle, pd.Series([False])], ignore_index=True)
-        chosen_mask = table["chosen"].map(_truthy) if "chosen" in table.columns else pd.Series(False, index=table.index)
+        chosen_mask = table["chosen"].map(is_truthy) if "chosen" in table.columns else pd.Series(False, index=table.index)
         parts.append(
             f"<h3>Patch metrics against the baselines ({html.escape(METRICS_CSV)}, every row)</h3>"
             '<p class="note">Highlighted: the chosen neuron. Rows marked <i>oracle</i> were chosen with the test labels: an upper bound, not a method.</p>'
-            + _table(table, chosen_mask, oracle.reset_index(drop=True))
+            + table_html(table, chosen_mask, oracle.reset_index(drop=True))
         )
     elif res.get("baseline"):
         b = res["baseline"]
-        parts.append("<h3>ABMIL attention baseline</h3>" + _kv_table({k: b.get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}))
+        parts.append("<h3>ABMIL attention baseline</h3>" + key_value_table({k: b.get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}))
     stability = sorted(ev.glob("*stability*.csv")) + sorted((exp / "analysis").glob("*stability*.csv"))
     for csv in stability:
-        st = _read_csv(csv)
+        st = read_csv_or_none(csv)
         if st is not None and len(st):
-            parts.append(f"<h3>Stability ({html.escape(csv.name)})</h3>" + _table(st.head(50)))
+            parts.append(f"<h3>Stability ({html.escape(csv.name)})</h3>" + table_html(st.head(50)))
     known = [(ROC_PNG, "ROC (test patches)"), (PR_PNG, "Precision-recall (test patches)")]
-    figs = [_figure(ev / f, cap) for f, cap in known if (ev / f).is_file()]
+    figs = [figure_html(ev / f, cap) for f, cap in known if (ev / f).is_file()]
     extra = sorted(p for p in ev.glob("*.png") if p.name not in {ROC_PNG, PR_PNG} and not p.name.startswith(".")) if ev.is_dir() else []
     extra += sorted((exp / "analysis").glob("*stability*.png"))
-    figs += [_figure(p, p.stem.replace("_", " ")) for p in extra]
+    figs += [figure_html(p, p.stem.replace("_", " ")) for p in extra]
     if figs:
         parts.append("<div>" + "".join(figs) + "</div>")
     settings = res.get("settings") or {}
     if settings:
-        parts.append("<details><summary>evaluation settings</summary>" + _kv_table(settings) + "</details>")
+        parts.append("<details><summary>evaluation settings</summary>" + key_value_table(settings) + "</details>")
     return "".join(parts), int(unit)
 
 
-def _section_images(exp: Path, folder: str, title: str, empty: str, cls: str, unit: int | None = None) -> str:
+def section_images(exp: Path, folder: str, title: str, empty: str, cls: str, unit: int | None = None) -> str:
     """Pictures of the chosen neuron first; pictures of other neurons folded below."""
-    files, more = _pngs(exp / folder, limit=10_000)
+    files, more = list_pngs(exp / folder, limit=10_000)
     parts = [f"<h2>{html.escape(title)}</h2>"]
     if not files:
         parts.append(f'<p class="note">{empty}</p>')
@@ -119,13 +119,13 @@ def _section_images(exp: Path, folder: str, title: str, empty: str, cls: str, un
     other = [p for p in files if p not in mine]
     shown = mine[:MAX_IMAGES]
     if shown:
-        parts.append("<div>" + "".join(_figure(p, p.stem, cls) for p in shown) + "</div>")
+        parts.append("<div>" + "".join(figure_html(p, p.stem, cls) for p in shown) + "</div>")
     if len(mine) > len(shown):
         parts.append(f'<p class="note">{len(mine) - len(shown)} more in {html.escape(folder)}/.</p>')
     if other:
         parts.append(
             f"<details><summary>{len(other)} picture(s) of other neurons</summary><div>"
-            + "".join(_figure(p, p.stem, cls) for p in other[:MAX_IMAGES])
+            + "".join(figure_html(p, p.stem, cls) for p in other[:MAX_IMAGES])
             + "</div></details>"
         )
     return "".join(parts)
@@ -161,7 +161,7 @@ def _firing_frequencies(exp: Path, summary: dict) -> np.ndarray | None:
     return None if counts is None or n == 0 else counts / n
 
 
-def _section_health(exp: Path, summary: dict, cfg: dict | None) -> str:
+def section_health(exp: Path, summary: dict, cfg: dict | None) -> str:
     """FVU, dead and dense fractions (last logged values), firing-frequency histogram."""
     from sae1n.viz.curves import read_training_log
 
@@ -192,11 +192,11 @@ def _section_health(exp: Path, summary: dict, cfg: dict | None) -> str:
     if not vals:
         parts.append('<p class="note">No training log (logs/metrics.csv) or sparse codes yet.</p>')
         return "".join(parts)
-    parts.append(_kv_table(vals))
+    parts.append(key_value_table(vals))
     if freq is not None:
         png = _render_to_bytes(lambda p: _plot_firing_histogram(freq, dense_at, p))
         if png is not None:
-            parts.append(_figure(png, "Firing frequency of every neuron over the encoded patches (log scale; dead neurons at the left edge)", "curves"))
+            parts.append(figure_html(png, "Firing frequency of every neuron over the encoded patches (log scale; dead neurons at the left edge)", "curves"))
     return "".join(parts)
 
 
@@ -219,7 +219,7 @@ def _plot_firing_histogram(freq: np.ndarray, dense_at: float, path: Path) -> Pat
     return save_figure(fig, path)
 
 
-def _section_training(exp: Path) -> str:
+def section_training(exp: Path) -> str:
     from sae1n.viz.curves import plot_training_curves, read_training_log, training_metric_columns
 
     parts = ["<h2>SAE training</h2>"]
@@ -229,7 +229,7 @@ def _section_training(exp: Path) -> str:
         return "".join(parts)
     buf_path = _render_to_bytes(lambda p: plot_training_curves(logdf, p))
     if buf_path is not None:
-        parts.append(_figure(buf_path, f"Training curves (logs/metrics.csv, {len(logdf)} logged points)", "curves"))
+        parts.append(figure_html(buf_path, f"Training curves (logs/metrics.csv, {len(logdf)} logged points)", "curves"))
     if len(logdf) < 5:
         parts.append(
             f'<p class="note">Only {len(logdf)} logged point(s): lower <code>training.validation_freq</code> '
@@ -242,18 +242,18 @@ def _section_training(exp: Path) -> str:
         if len(vals):
             last[c] = float(vals.iloc[-1]) if c != x else int(vals.iloc[-1])
     if last:
-        parts.append("<details><summary>Last logged values</summary>" + _kv_table(last) + "</details>")
+        parts.append("<details><summary>Last logged values</summary>" + key_value_table(last) + "</details>")
     return "".join(parts)
 
 
-def _section_config(exp: Path, cfg: dict | None) -> str:
+def section_config(exp: Path, cfg: dict | None) -> str:
     if not isinstance(cfg, dict):
         return ""
-    flat = _flatten(cfg)
+    flat = flatten_settings(cfg)
     return (
         "<h2>Configuration</h2><details><summary>"
         f"{len(flat)} settings of the best checkpoint (checkpoints/config_best.json)</summary>"
-        + _kv_table(flat)
+        + key_value_table(flat)
         + "</details>"
     )
 
@@ -267,11 +267,11 @@ def _render_to_bytes(plot) -> bytes | None:
         return p.read_bytes() if out is not None and p.is_file() else None
 
 
-def _section_ranking(exp: Path, names: pd.DataFrame | None, notes: dict) -> tuple[str, int | None]:
+def section_ranking(exp: Path, names: pd.DataFrame | None, notes: dict) -> tuple[str, int | None]:
     from sae1n.neurons.ranking_csv import RANK_CORRELATION_CSV, SUMMARY_JSON, T_TEST_CSV
 
     analysis = exp / "analysis"
-    summary = _read_json(analysis / SUMMARY_JSON) if (analysis / SUMMARY_JSON).is_file() else None
+    summary = read_json_or_none(analysis / SUMMARY_JSON) if (analysis / SUMMARY_JSON).is_file() else None
     primary = (summary or {}).get("primary_csv") or T_TEST_CSV
     path = analysis / primary
     if not path.is_file():
@@ -283,7 +283,7 @@ def _section_ranking(exp: Path, names: pd.DataFrame | None, notes: dict) -> tupl
     if not path.is_file():
         parts.append('<p class="note">No ranking yet (run <code>sae1n analyze-sae</code>).</p>')
         return "".join(parts), None
-    df = _read_csv(path)
+    df = read_csv_or_none(path)
     if df is None or df.empty or "unit_id" not in df.columns:
         parts.append(f'<p class="missing">Ranking {html.escape(path.name)} could not be read.</p>')
         return "".join(parts), None
@@ -293,7 +293,7 @@ def _section_ranking(exp: Path, names: pd.DataFrame | None, notes: dict) -> tupl
             for k in ("pooling", "n_slides", "n_tumor", "n_normal", "num_features", "split_csv_path", "grade_column")
             if summary.get(k) is not None
         }
-        parts.append(_kv_table(keep))
+        parts.append(key_value_table(keep))
     top = df.head(RANKING_ROWS).copy()
     if notes:
         top.insert(1, "name", [str((notes.get(int(u)) or {}).get("name") or "") for u in top["unit_id"]])
@@ -304,11 +304,11 @@ def _section_ranking(exp: Path, names: pd.DataFrame | None, notes: dict) -> tupl
             how="left",
         )
     parts.append(f"<p>{html.escape(path.name)}: top {len(top)} of {len(df)} neurons (rank 1 first).</p>")
-    parts.append(_table(top))
+    parts.append(table_html(top))
     return "".join(parts), int(df["unit_id"].iloc[0])
 
 
-def _section_notes(notes: dict) -> str:
+def section_notes(notes: dict) -> str:
     named = {u: n for u, n in notes.items() if (n or {}).get("name") or (n or {}).get("text")}
     if not named:
         return ""
@@ -318,10 +318,10 @@ def _section_notes(notes: dict) -> str:
             for u, n in sorted(named.items())
         ]
     )
-    return "<h2>Neuron names (sae1n browse)</h2>" + _table(rows)
+    return "<h2>Neuron names (sae1n browse)</h2>" + table_html(rows)
 
 
-def _section_names(names: pd.DataFrame | None, chosen: int | None) -> str:
+def section_names(names: pd.DataFrame | None, chosen: int | None) -> str:
     if names is None:
         return ""
     parts = [
@@ -332,7 +332,7 @@ def _section_names(names: pd.DataFrame | None, chosen: int | None) -> str:
         parts.append(
             f"<p>Chosen neuron {chosen}: <b>{html.escape(str(names.loc[names['unit_id'] == chosen, 'name'].iloc[0]))}</b></p>"
         )
-    parts.append(_table(names.head(RANKING_ROWS)))
+    parts.append(table_html(names.head(RANKING_ROWS)))
     return "".join(parts)
 
 

@@ -19,17 +19,17 @@ from pathlib import Path
 
 from sae1n.errors import InputFileError
 from sae1n.io import atomic_write_text
-from sae1n.viz.report_html import _CSS, MAX_IMAGES, _read_csv, _read_json
+from sae1n.viz.report_html import MAX_IMAGES, PAGE_CSS, read_csv_or_none, read_json_or_none
 from sae1n.viz.report_sections import (
     RANKING_ROWS,
-    _section_answer,
-    _section_config,
-    _section_health,
-    _section_images,
-    _section_names,
-    _section_notes,
-    _section_ranking,
-    _section_training,
+    section_answer,
+    section_config,
+    section_health,
+    section_images,
+    section_names,
+    section_notes,
+    section_ranking,
+    section_training,
 )
 
 __all__ = [
@@ -116,31 +116,31 @@ def report(
         log.warning("report: neuron notes not shown (%s)", exc)
         notes = {}
     names_path = exp / "analysis" / NAMES_CSV
-    names = _read_csv(names_path) if names_path.is_file() else None
+    names = read_csv_or_none(names_path) if names_path.is_file() else None
     if names is not None and not {"unit_id", "name", "cosine"} <= set(names.columns):
         names = None
-    summary = _read_json(exp / "analysis" / SUMMARY_JSON) if (exp / "analysis" / SUMMARY_JSON).is_file() else None
+    summary = read_json_or_none(exp / "analysis" / SUMMARY_JSON) if (exp / "analysis" / SUMMARY_JSON).is_file() else None
     summary = summary if isinstance(summary, dict) else {}
     cfg_path = exp / "checkpoints" / "config_best.json"
-    cfg = _read_json(cfg_path) if cfg_path.is_file() else None
-    ranking_html, top_unit = _section_ranking(exp, names, notes)
-    answer_html, chosen = _section_answer(exp, None, top_unit, notes, names)
+    cfg = read_json_or_none(cfg_path) if cfg_path.is_file() else None
+    ranking_html, top_unit = section_ranking(exp, names, notes)
+    answer_html, chosen = section_answer(exp, None, top_unit, notes, names)
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="note">Experiment folder: {html.escape(str(exp))}</p>',
         answer_html,
-        _section_images(exp, HEATMAP_DIR, "Heatmaps", "No heatmaps yet (run <code>sae1n heatmap</code>).", "heatmap", chosen),
-        _section_images(exp, GALLERY_DIR, "Top-activating patches", "No galleries yet (run <code>sae1n heatmap --gallery N</code>).", "gallery", chosen),
-        _section_health(exp, summary, cfg),
+        section_images(exp, HEATMAP_DIR, "Heatmaps", "No heatmaps yet (run <code>sae1n heatmap</code>).", "heatmap", chosen),
+        section_images(exp, GALLERY_DIR, "Top-activating patches", "No galleries yet (run <code>sae1n heatmap --gallery N</code>).", "gallery", chosen),
+        section_health(exp, summary, cfg),
         ranking_html,
-        _section_notes(notes),
-        _section_names(names, chosen),
-        _section_training(exp),
-        _section_config(exp, cfg),
+        section_notes(notes),
+        section_names(names, chosen),
+        section_training(exp),
+        section_config(exp, cfg),
     ]
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body>"
         + "\n".join(b for b in body if b)
         + "</body></html>\n"
     )

@@ -74,7 +74,7 @@ def slide_outputs(
     return out
 
 
-def _readable(path: Path) -> bool:
+def output_readable(path: Path) -> bool:
     """Whether an existing output holds anything worth keeping (a broken h5 is redone)."""
     if path.suffix == ".h5":
         return existing_patch_count(path) is not None

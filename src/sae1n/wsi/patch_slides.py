@@ -25,7 +25,12 @@ import numpy as np
 import pandas as pd
 
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
-from sae1n.wsi.patch_outputs import PATCH_SCHEMA, _readable, existing_patch_count, slide_outputs
+from sae1n.wsi.patch_outputs import (
+    PATCH_SCHEMA,
+    existing_patch_count,
+    output_readable,
+    slide_outputs,
+)
 from sae1n.wsi.presets import SlideParams, load_preset
 from sae1n.wsi.process_list import (
     ALREADY_EXIST,
@@ -39,10 +44,10 @@ from sae1n.wsi.process_list import (
     PROCESSED,
     TO_BE_PROCESSED,
     WORK_STATUSES,
-    _set,
     initialize_process_list,
     list_slides,
     read_process_list,
+    set_cells,
     summarize,
 )
 
@@ -293,7 +298,7 @@ def create_patches(
     if auto_skip:
         expected = {p: prov for _, outs in planned.values() for p, prov in outs.items()}
         expected[out_csv] = list_prov
-        _, cur = plan_outputs(expected, overwrite=overwrite, valid=_readable)
+        _, cur = plan_outputs(expected, overwrite=overwrite, valid=output_readable)
         current = set(cur)
     remove_stale_temp_files(save_dir)
     if not list_prov.matches(_read_prov(out_csv)):
@@ -317,10 +322,10 @@ def create_patches(
                 continue
             with item_lock(save_dir, slide_id) as mine:
                 if not mine:
-                    _set(df, idx, status=BUSY, reason="another process is working on this slide")
+                    set_cells(df, idx, status=BUSY, reason="another process is working on this slide")
                     continue
                 if auto_skip and outs and all(
-                    is_current(p, prov) and _readable(p) for p, prov in outs.items()
+                    is_current(p, prov) and output_readable(p) for p, prov in outs.items()
                 ):
                     # another process finished it since the plan
                     _set_existing(df, idx, save_dir / "patches" / f"{slide_id}.h5", patch)
@@ -362,7 +367,7 @@ def create_patches(
                 done_here.append(str(name))
             if row["status"] in (FAILED, FAILED_SEG):
                 log.warning("%s: %s: %s", name, row["status"], row["reason"])
-            _set(df, idx, **row)
+            set_cells(df, idx, **row)
     except Exception as exc:  # a full disk anywhere (locks, outputs, the list): one error
         if is_disk_error(exc):
             raise disk_error(save_dir, exc) from None
@@ -384,7 +389,7 @@ def _read_prov(path: Path):
 
 def _set_existing(df, idx, h5: Path, patch: bool) -> None:
     n = existing_patch_count(h5) if patch else None
-    _set(
+    set_cells(
         df,
         idx,
         status=ALREADY_EXIST,

@@ -114,7 +114,7 @@ def read_process_list(
 
 
 
-def _set(df: pd.DataFrame, idx, **values) -> None:
+def set_cells(df: pd.DataFrame, idx, **values) -> None:
     for key, value in values.items():
         if key not in df.columns:
             df[key] = np.nan
