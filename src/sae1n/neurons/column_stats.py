@@ -1,6 +1,6 @@
 """Per-column statistics over all SAE neurons at once: Welch's t-test, ROC AUC,
-Spearman's rho and Benjamini-Hochberg q-values (used by the ranking and the
-baselines). Columns that never vary get a neutral statistic instead of NaN.
+Spearman's rho and Benjamini-Hochberg q-values (used by the ranking). Columns
+that never vary get t = 0 / rho = 0 and p = 1 instead of NaN.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The report's sections, each an HTML string (empty when the experiment
-folder lacks its inputs): the answer (chosen neuron, metrics, figures),
+"""The report's sections, each returning its HTML (a short note, or nothing,
+when the experiment folder lacks its inputs; the answer and the ranking also
+return their neuron): the answer (chosen neuron, metrics, figures),
 heatmaps/galleries, SAE health, training curves, configuration, ranking,
 notes and prompt names."""
 
