@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sae1n.encoders import registry_foundation, registry_paper
+from sae1n.encoders.registry_foundation import HOPTIMUS_MEAN, HOPTIMUS_STD
 from sae1n.encoders.spec import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,8 +37,8 @@ from sae1n.encoders.spec import (
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "NO_HUB_ENV", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD",
-    "EncoderSpec", "available_encoders", "encoder_spec", "get_encoder", "missing_weights_hint",
+    "HOPTIMUS_MEAN", "HOPTIMUS_STD", "IMAGENET_MEAN", "IMAGENET_STD", "NO_HUB_ENV",
+    "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "EncoderSpec", "available_encoders", "encoder_spec", "get_encoder", "missing_weights_hint",
     "model_rows", "models_table", "register_encoder", "resolve_weights", "spec_table",
 ]
 
