@@ -2,7 +2,7 @@
 and the time to open an experiment of 400 slides.
 
 * Generates (once, reused from ``--workdir``) a 60,000 x 60,000 pyramidal TIFF
-  with the demo's writer (``sae1n.demo.synthetic.write_pyramidal_tiff``; level 0
+  with the demo's writer (``sae1n.wsi.writers.write_pyramidal_tiff``; level 0
   is built in a disk-backed memmap), 100,000 patches on it with sparse SAE codes
   (2,048 neurons, 32 active per patch), and a second experiment of 400 small
   slides with codes.

@@ -3,7 +3,7 @@
 Same synthetic features (B x D float32), same sizes; times full optimisation
 steps (forward, backward, clip, decoder renorm / projection, Adam):
 
-* paper mode: :class:`sae1n.sae.paper_exact.PaperSAE` (dense forward,
+* paper mode: :class:`sae1n.sae.paper_model.PaperSAE` (dense forward,
   autograd, plain Adam; the arithmetic of the paper's code, bit for bit);
 * default: :func:`sae1n.sae.train.train_step` with sae1n's sparse kernels
   and fused Adam.
@@ -44,7 +44,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from sae1n.sae.models import build_sae
-    from sae1n.sae.paper_exact import PaperSAE
+    from sae1n.sae.paper_model import PaperSAE
     from sae1n.sae.train import make_optimizer, train_step
 
     dev = a.device

@@ -2,7 +2,8 @@
 
 Vector formats become one shapely (Multi)Polygon in level-0 pixel
 coordinates (tumour minus exclusions); PANDA label masks become a
-:class:`TumorMask` (a boolean raster plus its scale to level 0).
+:class:`TumorMask` (a boolean raster plus its scale to level 0). The ASAP
+writer is in :mod:`sae1n.datasets.asap_writer` (re-exported here).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import xml.etree.ElementTree as ET  # writing only; reading uses defusedxml
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,16 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from sae1n.datasets.asap_writer import AnnotationPolygon, write_asap_xml
 from sae1n.errors import ConfigError, InputFileError
-from sae1n.io.atomic import atomic_write_bytes
+
+__all__ = [
+    "ASAP_EXCLUSION_GROUPS", "ASAP_TUMOR_GROUPS", "FORMATS", "GEOJSON_EXCLUSION_CLASSES",
+    "GEOJSON_TUMOR_CLASSES", "PANDA_MASK_DOWNSAMPLE", "PANDA_TUMOR_VALUES", "Annotation",
+    "AnnotationPolygon", "TumorMask", "annotated_slide_ids", "annotation_format", "annotation_outlines",
+    "find_annotation", "read_annotation", "read_asap_xml", "read_geojson", "read_panda_mask",
+    "write_asap_xml",
+]
 
 log = logging.getLogger(__name__)
 
@@ -420,47 +428,3 @@ def _require_file(path: Path) -> None:
         raise InputFileError(
             path, "annotation file not found", "check --annotation_dir and the slide name"
         )
-
-
-# --- writing (the demo's generated annotations, tests) ---
-
-_ANNOTATION_COLORS = {"_0": "#F4FA58", "_1": "#F4FA58", "_2": "#64FE2E"}
-
-
-@dataclass(frozen=True)
-class AnnotationPolygon:
-    """One ASAP polygon in level-0 pixels. Groups ``_0``/``_1`` are tumour,
-    ``_2`` an exclusion cut out of the tumour (CAMELYON16 convention)."""
-
-    vertices: np.ndarray  # (V, 2) float64, (x, y)
-    group: str = "_0"
-
-    @property
-    def is_exclusion(self) -> bool:
-        return self.group == "_2"
-
-
-def write_asap_xml(path: str | os.PathLike, polygons: list[AnnotationPolygon]) -> Path:
-    """Write polygons as a CAMELYON16-style ASAP XML (groups ``_0``, ``_1``, ``_2``),
-    level-0 pixel coordinates. Written atomically."""
-    root = ET.Element("ASAP_Annotations")
-    annotations = ET.SubElement(root, "Annotations")
-    for i, poly in enumerate(polygons):
-        ann = ET.SubElement(
-            annotations,
-            "Annotation",
-            Name=f"Annotation {i}",
-            Type="Polygon",
-            PartOfGroup=poly.group,
-            Color=_ANNOTATION_COLORS.get(poly.group, "#F4FA58"),
-        )
-        coords = ET.SubElement(ann, "Coordinates")
-        for order, (x, y) in enumerate(np.asarray(poly.vertices, dtype=float)):
-            ET.SubElement(coords, "Coordinate", Order=str(order), X=f"{x:.1f}", Y=f"{y:.1f}")
-    groups = ET.SubElement(root, "AnnotationGroups")
-    for name in ("_0", "_1", "_2"):
-        grp = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color="#FF0000")
-        ET.SubElement(grp, "Attributes")
-    ET.indent(root, space="\t")
-    data = b'<?xml version="1.0"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
-    return atomic_write_bytes(path, data)

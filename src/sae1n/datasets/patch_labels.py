@@ -5,7 +5,8 @@ annotated tumour divided by the square's area; its label is
 ``fraction >= threshold``. Output per slide (``<output_dir>/<slide>.h5``):
 datasets ``coords`` (N, 2) int64, ``tumor_fraction`` (N,) float32,
 ``label`` (N,) uint8, and the attribute ``threshold``. Consumers match
-patches to features by coords.
+patches to features by coords. The covered fractions are computed by
+:mod:`sae1n.datasets.patch_coverage`.
 """
 
 from __future__ import annotations
@@ -24,105 +25,25 @@ from shapely.geometry.base import BaseGeometry
 from sae1n.datasets.annotations import (
     FORMATS,
     GEOJSON_TUMOR_CLASSES,
-    Annotation,
-    TumorMask,
     find_annotation,
     read_annotation,
 )
 from sae1n.datasets.annotations import annotation_format as annotation_kind
+from sae1n.datasets.patch_coverage import patch_size_pair, tumor_fractions
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import atomic_path, atomic_write_csv, validate_slide_id
 from sae1n.io.provenance import Provenance, plan_outputs, write_h5_provenance
+
+__all__ = [
+    "LABELS_SCHEMA", "SUMMARY_NAME", "coords_files", "create_patch_labels", "patch_size_level0",
+    "read_coords", "read_patch_label_file", "read_patch_labels", "tumor_fractions",
+    "warn_if_outside", "write_patch_labels",
+]
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
 LABELS_SCHEMA = 1
-
-
-# ----------------------------------------------------------------------------- fractions
-
-
-def tumor_fractions(coords, patch_size_level0, annotation: Annotation) -> np.ndarray:
-    """Fraction (N,) float64 in [0, 1] of each patch covered by tumour.
-
-    ``coords`` are level-0 top-left corners (N, 2); ``patch_size_level0`` is
-    the patch side in level-0 pixels (a number, or (width, height));
-    ``annotation`` is a shapely geometry or a :class:`TumorMask`.
-    """
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    width, height = _size_pair(patch_size_level0)
-    if isinstance(annotation, TumorMask):
-        return _raster_fractions(coords, width, height, annotation)
-    if isinstance(annotation, BaseGeometry):
-        return _vector_fractions(coords, width, height, annotation)
-    raise TypeError(
-        f"annotation must be a shapely geometry or TumorMask, not {type(annotation).__name__}"
-    )
-
-
-def _vector_fractions(coords, width, height, region: BaseGeometry) -> np.ndarray:
-    fractions = np.zeros(len(coords))
-    if region.is_empty or len(coords) == 0:
-        return fractions
-    x, y = coords[:, 0], coords[:, 1]
-    boxes = shapely.box(x, y, x + width, y + height)
-    shapely.prepare(region)
-    # Prepared predicates settle almost every patch (wholly in or out) cheaply;
-    # exact overlay runs only on boundary patches, each against the polygon
-    # parts it touches.
-    hit = np.flatnonzero(shapely.intersects(region, boxes))
-    if hit.size == 0:
-        return fractions
-    inside = shapely.contains_properly(region, boxes[hit])
-    fractions[hit[inside]] = 1.0
-    edge = hit[~inside]
-    if edge.size:
-        parts = shapely.get_parts(region)
-        tree = shapely.STRtree(parts)
-        box_idx, part_idx = tree.query(boxes[edge], predicate="intersects")
-        areas = shapely.area(shapely.intersection(boxes[edge][box_idx], parts[part_idx]))
-        covered = np.zeros(edge.size)
-        np.add.at(covered, box_idx, areas)
-        fractions[edge] = covered / (width * height)
-    return np.clip(fractions, 0.0, 1.0)
-
-
-def _raster_fractions(coords, width, height, mask: TumorMask) -> np.ndarray:
-    tumor = np.asarray(mask.tumor, dtype=bool)
-    rows, cols = tumor.shape
-    # Summed-area table; bilinear interpolation of it at fractional corners is
-    # the exact area integral of the piecewise-constant mask.
-    table = np.zeros((rows + 1, cols + 1))
-    table[1:, 1:] = np.cumsum(np.cumsum(tumor, axis=0, dtype=np.float64), axis=1)
-    sx, sy = mask.scale
-    x0, y0 = coords[:, 0] / sx, coords[:, 1] / sy
-    x1, y1 = (coords[:, 0] + width) / sx, (coords[:, 1] + height) / sy
-
-    def integral(xs, ys):
-        xs = np.clip(xs, 0, cols)
-        ys = np.clip(ys, 0, rows)
-        c0 = np.minimum(np.floor(xs).astype(np.int64), cols - 1)
-        r0 = np.minimum(np.floor(ys).astype(np.int64), rows - 1)
-        fx, fy = xs - c0, ys - r0
-        return (
-            table[r0, c0] * (1 - fx) * (1 - fy)
-            + table[r0, c0 + 1] * fx * (1 - fy)
-            + table[r0 + 1, c0] * (1 - fx) * fy
-            + table[r0 + 1, c0 + 1] * fx * fy
-        )
-
-    covered = integral(x1, y1) - integral(x0, y1) - integral(x1, y0) + integral(x0, y0)
-    return np.clip(covered / ((x1 - x0) * (y1 - y0)), 0.0, 1.0)
-
-
-def _size_pair(size) -> tuple[float, float]:
-    values = np.atleast_1d(np.asarray(size, dtype=np.float64)).ravel()
-    if values.size == 1:
-        values = np.repeat(values, 2)
-    if values.size != 2 or not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ConfigError(f"patch size must be a positive number or (width, height), got {size!r}")
-    return float(values[0]), float(values[1])
 
 
 # ----------------------------------------------------------------------------- coords input
@@ -184,7 +105,7 @@ def patch_size_level0(
     from sae1n.wsi.patch_files import PatchGeometry
 
     if override is not None:
-        return _size_pair(override)
+        return patch_size_pair(override)
     try:
         geom = PatchGeometry.from_attrs(attrs, path)
     except InputFileError as exc:
@@ -193,7 +114,7 @@ def patch_size_level0(
             "no patch size attributes (patch_size_level0, or patch_size with downsample/patch_level)",
             "pass --patch_size with the patch side in level-0 pixels",
         ) from exc
-    return _size_pair(geom.size_level0)
+    return patch_size_pair(geom.size_level0)
 
 
 def _plain(value):
@@ -435,7 +356,7 @@ def warn_if_outside(annotation, coords, size, path) -> None:
     area (wrong slide, wrong level or units): the slide would silently count as normal."""
     if not isinstance(annotation, BaseGeometry) or annotation.is_empty or len(coords) == 0:
         return
-    w, h = _size_pair(size)
+    w, h = patch_size_pair(size)
     x0, y0 = np.min(coords, axis=0)
     x1, y1 = np.max(coords, axis=0) + [w, h]
     if not annotation.intersects(shapely.box(x0, y0, x1, y1)):

@@ -8,11 +8,13 @@ on GPU) and written with :func:`sae1n.io.write_bag` to
 (coords and their attributes copied). Outputs that exist and validate are
 skipped; a slide that fails is recorded with its reason and the batch goes
 on; ``<feat_dir>/extraction_status.csv`` lists every slide's outcome.
+
+One slide is encoded by :mod:`sae1n.encoders.slide_encoding`; the outputs' settings,
+provenance and validity are in :mod:`sae1n.encoders.feature_outputs`.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import time
@@ -21,19 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from sae1n.encoders.patches import (
-    PatchBatchDataset,
-    RegionReadError,
-    choose_backend,
-    plan_batches,
-    read_geometry,
-    read_patch_coords,
+from sae1n.encoders.feature_outputs import (
+    EXTRACT_SCHEMA,
+    bag_readable,
+    encoder_info,
+    encoder_settings,
+    feature_provenance,
+    h5_feature_rows,
+    outputs_valid,
 )
+from sae1n.encoders.patches import RegionReadError, read_patch_coords
+from sae1n.encoders.slide_encoding import encode_slide, find_slide
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
 from sae1n.io import (
     atomic_write_json,
     item_lock,
-    read_bag,
     remove_stale_temp_files,
     write_bag,
     write_sidecar,
@@ -41,6 +45,12 @@ from sae1n.io import (
 from sae1n.io.folders import disk_error, is_disk_error, writable_dir
 from sae1n.io.provenance import PROVENANCE_KEY, Provenance, is_current, plan_outputs
 from sae1n.utils import progress
+
+__all__ = [
+    "EXTRACT_SCHEMA", "INFO_FILE", "STATUS_FILE", "WORK_STATUSES", "ExtractionSummary", "SlideResult",
+    "encode_slide", "encoder_settings", "extract_features", "feature_provenance", "find_slide",
+    "list_slides", "outputs_valid", "patch_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +230,7 @@ def extract_features(
     plan = {p: prov for outs in expected.values() for p, prov in outs.items()}
     plan[info_path] = info_prov
     if auto_skip:
-        _, cur = plan_outputs(plan, overwrite=overwrite, valid=_readable_bag)
+        _, cur = plan_outputs(plan, overwrite=overwrite, valid=bag_readable)
         current = set(cur)
     elif info_path.is_file() and not overwrite:
         plan_outputs({info_path: info_prov})  # a forced redo still refuses another encoder's folder
@@ -235,7 +245,7 @@ def extract_features(
                 t0 = time.perf_counter()
                 outs = expected.get(sid, {})
                 if auto_skip and outs and all(p in current for p in outs):
-                    summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
+                    summary.results.append(SlideResult(sid, "skipped", n_patches=h5_feature_rows(outs)))
                     continue
                 with item_lock(feat_dir, sid) as mine:
                     if not mine:
@@ -244,9 +254,9 @@ def extract_features(
                         )
                         continue
                     if auto_skip and outs and all(
-                        is_current(p, prov) and _readable_bag(p) for p, prov in outs.items()
+                        is_current(p, prov) and bag_readable(p) for p, prov in outs.items()
                     ):
-                        summary.results.append(SlideResult(sid, "skipped", n_patches=_n_rows(outs)))
+                        summary.results.append(SlideResult(sid, "skipped", n_patches=h5_feature_rows(outs)))
                         continue
                     try:
                         res = _extract_one(
@@ -277,7 +287,7 @@ def extract_features(
                 res.seconds = time.perf_counter() - t0
                 summary.results.append(res)
                 if res.status in ("extracted", "empty") and not is_current(info_path, info_prov):
-                    atomic_write_json(info_path, _info(encoder))
+                    atomic_write_json(info_path, encoder_info(encoder))
                     write_sidecar(info_path, info_prov)
                 if time.perf_counter() - last_write > 5:
                     _write_status(summary)
@@ -285,7 +295,7 @@ def extract_features(
             if any(r.status == "skipped" for r in summary.results) and not is_current(
                 info_path, info_prov
             ):
-                atomic_write_json(info_path, _info(encoder))
+                atomic_write_json(info_path, encoder_info(encoder))
                 write_sidecar(info_path, info_prov)
         finally:
             summary.seconds = time.perf_counter() - t_start
@@ -300,68 +310,7 @@ def extract_features(
     return summary
 
 
-EXTRACT_SCHEMA = 1
 WORK_STATUSES = ("extracted", "empty", "failed", "no_patches")
-
-
-def encoder_settings(encoder) -> dict:
-    """What about an encoder shapes its features: name, dim, input size, weights."""
-    from sae1n.io.provenance import input_identity
-
-    weights = getattr(encoder, "weights", None)
-    return {
-        "encoder": encoder.name,
-        "dim": int(encoder.dim),
-        "input_size": encoder.input_size,
-        "weights": None if weights is None else input_identity(weights),
-    }
-
-
-def feature_provenance(encoder, feat_dir, sid, patch_path, slide_dir, slide_ext) -> dict:
-    """The records the two outputs of one slide will carry (h5 and pt)."""
-    slide = Path(slide_dir) / f"{sid}{slide_ext}"
-    prov = Provenance.make(
-        "patch_features",
-        EXTRACT_SCHEMA,
-        encoder_settings(encoder),
-        {"patches": Path(patch_path), "slide": slide},
-    )
-    feat_dir = Path(feat_dir)
-    return {
-        feat_dir / "h5_files" / f"{sid}.h5": prov,
-        feat_dir / "pt_files" / f"{sid}.pt": prov,
-    }
-
-
-def _readable_bag(path: Path) -> bool:
-    if path.suffix not in (".h5", ".pt"):
-        return True
-    try:
-        read_bag(path, allow_empty=True)
-    except InputFileError as exc:
-        log.info("re-extracting: %s", exc)
-        return False
-    return True
-
-
-def _n_rows(outs) -> int:
-    h5 = next(p for p in outs if p.suffix == ".h5")
-    try:
-        import h5py
-
-        with h5py.File(h5, "r") as f:
-            return int(f["features"].shape[-2]) if f["features"].ndim >= 2 else 0
-    except (OSError, KeyError):
-        return 0
-
-
-def _info(encoder) -> dict:
-    return {
-        "encoder": encoder.name,
-        "dim": encoder.dim,
-        "input_size": encoder.input_size,
-        "weights": None if encoder.weights is None else str(encoder.weights),
-    }
 
 
 def _write_status(summary: ExtractionSummary) -> None:
@@ -427,84 +376,3 @@ def _extract_one(
     return SlideResult(sid, "extracted", n_patches=n)
 
 
-def find_slide(slide_dir: Path, sid: str, slide_ext: str) -> Path:
-    """``<slide_dir>/<sid><slide_ext>``, with a hint when it is missing."""
-    path = slide_dir / f"{sid}{slide_ext}"
-    if path.is_file():
-        return path
-    others = sorted(p.name for p in slide_dir.glob(f"{glob.escape(sid)}.*"))
-    hint = (
-        f"found {', '.join(others)}: set --slide_ext accordingly"
-        if others
-        else "check --data_slide_dir and --slide_ext"
-    )
-    raise InputFileError(path, "slide file not found", hint)
-
-
-def outputs_valid(feat_dir: str | os.PathLike, sid: str, coords: np.ndarray, dim: int) -> bool:
-    """True when both ``h5_files/<sid>.h5`` and ``pt_files/<sid>.pt`` exist,
-    read back, have ``dim`` columns and one row per coordinate of ``coords``."""
-    feat_dir = Path(feat_dir)
-    h5, pt = feat_dir / "h5_files" / f"{sid}.h5", feat_dir / "pt_files" / f"{sid}.pt"
-    if not (h5.is_file() and pt.is_file()):
-        return False
-    try:
-        bag = read_bag(h5, expected_dim=dim, allow_empty=True)
-        tensor = read_bag(pt, expected_dim=dim, allow_empty=True)
-    except InputFileError as exc:
-        log.info("re-extracting %s: %s", sid, exc)
-        return False
-    same = bag.coords is not None and np.array_equal(bag.coords, coords) and tensor.n == len(coords)
-    if not same:
-        log.info("re-extracting %s: existing features do not match its patch file", sid)
-    return same
-
-
-def encode_slide(
-    encoder,
-    pc,
-    slide_path: str | os.PathLike,
-    *,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    backend: str = "auto",
-    max_region: int = 2048,
-) -> np.ndarray:
-    """(N, dim) float32 features of one slide's patches, in patch-file order."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from sae1n.wsi.slide import open_slide
-
-    with open_slide(slide_path, backend=backend) as slide:
-        geom = read_geometry(pc, slide.level_downsamples)
-    backend = choose_backend(slide_path, backend, pc.coords, geom.downsample)
-    batches = plan_batches(pc.coords, geom, batch_size, max_region=max_region)
-    # on the CPU the workers transform; on a GPU the device does (cheaper there)
-    on_cpu = encoder.device.type == "cpu"
-    dataset = PatchBatchDataset(
-        slide_path, geom, batches, backend=backend, transform=encoder.transform if on_cpu else None
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=encoder.device.type == "cuda",
-        prefetch_factor=2 if num_workers > 0 else None,
-    )
-    n = len(pc.coords)
-    bar = progress(total=n, desc=pc.slide_id, unit="patch")
-    try:
-        with torch.inference_mode():
-            out = torch.empty((n, encoder.dim), dtype=torch.float32, device=encoder.device)
-            for item in loader:
-                if item["error"]:
-                    raise RegionReadError(f"{slide_path}: {item['error']}")
-                idx = item["indices"].to(encoder.device, non_blocking=True)
-                out[idx] = encoder.encode(item["patches"], preprocessed=on_cpu)
-                bar.update(len(idx))
-        return out.cpu().numpy()
-    finally:
-        bar.close()
-        dataset.close()

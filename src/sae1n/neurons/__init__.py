@@ -11,8 +11,8 @@ from sae1n._lazy import lazy_exports
 _EXPORTS = {
     "analyze_sae": "sae1n.neurons.ranking",
     "rank_neurons": "sae1n.neurons.ranking",
-    "read_ranking": "sae1n.neurons.ranking",
-    "welch_t_test": "sae1n.neurons.ranking",
+    "read_ranking": "sae1n.neurons.ranking_csv",
+    "welch_t_test": "sae1n.neurons.column_stats",
     "pool_activations": "sae1n.neurons.pooling",
     "POOLINGS": "sae1n.neurons.pooling",
     "evaluate_patches": "sae1n.neurons.evaluate",

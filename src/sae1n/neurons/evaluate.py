@@ -5,6 +5,10 @@ when its per-patch scores exist, an ABMIL attention baseline: patch AUROC and
 average precision on the test slides, the best-F1 threshold chosen on the
 validation slides and applied to the test slides, and the slide AUROC of the
 pooled score. Patches are matched to their labels by level-0 coords.
+
+The metrics live in :mod:`sae1n.neurons.metrics`, the per-split score
+collection in :mod:`sae1n.neurons.patch_scores` and the feature baselines'
+training inputs in :mod:`sae1n.neurons.baseline_inputs`.
 """
 
 from __future__ import annotations
@@ -12,276 +16,45 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
-from sae1n.io import (
-    Provenance,
-    atomic_write_csv,
-    atomic_write_json,
-    feature_paths,
-    read_bag,
-    write_sidecar,
-)
-from sae1n.neurons.baselines import FEATURE_BASELINES, fit_baselines
+from sae1n.io import Provenance, atomic_write_csv, atomic_write_json, feature_paths, write_sidecar
+from sae1n.neurons.baseline_inputs import fit_feature_baselines
+from sae1n.neurons.baselines import FEATURE_BASELINES
 from sae1n.neurons.inputs import (
     binarize_labels,
     code_files,
-    match_coords,
-    missing_list,
-    neuron_columns,
     read_codes,
-    read_patch_label_file,
-    read_patch_scores,
     read_slide_labels,
     read_split_slides,
 )
-from sae1n.neurons.pooling import check_pooling, pool_activations
-from sae1n.neurons.ranking import ranking_csv_path, read_ranking
-from sae1n.utils import progress
+from sae1n.neurons.metrics import best_f1_threshold, patch_metrics, slide_auroc
+from sae1n.neurons.patch_scores import (
+    DEFAULT_THRESHOLD,
+    SplitScores,
+    collect_split_scores,
+    fold_of_split,
+    mil_method_name,
+)
+from sae1n.neurons.pooling import check_pooling
+from sae1n.neurons.ranking_csv import ranking_csv_path, read_ranking
+
+__all__ = [  # evaluate_patches and the names it was split from, importable from here
+    "DEFAULT_THRESHOLD", "METRICS_CSV", "METRICS_JSON", "PR_PNG", "ROC_PNG", "SplitScores",
+    "best_f1_threshold", "evaluate_patches", "mil_method_name", "patch_metrics", "slide_auroc",
+]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5
 METRICS_CSV = "patch_metrics.csv"
 METRICS_JSON = "patch_metrics.json"
 ROC_PNG = "roc_curve.png"
 PR_PNG = "pr_curve.png"
-
-
-@dataclass
-class SplitScores:
-    """Per-patch scores (matched to labels) and per-slide pooled scores of one split."""
-
-    scores: dict[str, list[np.ndarray]] = field(default_factory=dict)  # method -> per-slide arrays
-    labels: list[np.ndarray] = field(default_factory=list)  # per-slide patch labels
-    slide_ids: list[str] = field(default_factory=list)
-    slide_scores: dict[str, list[float]] = field(default_factory=dict)
-    n_unmatched: int = 0
-
-    def patch_scores(self, method: str) -> np.ndarray:
-        parts = self.scores.get(method, [])
-        return np.concatenate(parts) if parts else np.empty(0)
-
-    def patch_labels(self) -> np.ndarray:
-        return np.concatenate(self.labels).astype(bool) if self.labels else np.empty(0, bool)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of ``scores >= threshold``; NaNs when undefined."""
-    from sklearn.metrics import precision_recall_curve
-
-    labels = np.asarray(labels, bool)
-    if labels.size == 0 or not labels.any():
-        return math.nan, math.nan
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)[
-            :-1
-        ]
-    i = int(np.argmax(f1))
-    return float(thresholds[i]), float(f1[i])
-
-
-def patch_metrics(
-    test_labels: np.ndarray, test_scores: np.ndarray, threshold: float | None = None
-) -> dict:
-    """AUROC, AP and (given a threshold) precision/recall/F1 of per-patch scores."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    y = np.asarray(test_labels, bool)
-    s = np.asarray(test_scores, float)
-    out = {
-        "n_patches": int(y.size),
-        "n_positive": int(y.sum()),
-        "patch_auroc": math.nan,
-        "patch_ap": math.nan,
-    }
-    if y.size and 0 < y.sum() < y.size:
-        out["patch_auroc"] = float(roc_auc_score(y, s))
-        out["patch_ap"] = float(average_precision_score(y, s))
-    out["threshold"] = math.nan if threshold is None else float(threshold)
-    out.update(precision=math.nan, recall=math.nan, f1=math.nan)
-    if threshold is not None and np.isfinite(threshold) and y.size:
-        pred = s >= threshold
-        tp = int((pred & y).sum())
-        fp = int((pred & ~y).sum())
-        fn = int((~pred & y).sum())
-        out["precision"] = tp / (tp + fp) if tp + fp else 0.0
-        out["recall"] = tp / (tp + fn) if tp + fn else math.nan
-        p, r = out["precision"], out["recall"]
-        out["f1"] = 2 * p * r / (p + r) if (p + r) > 0 else 0.0
-    return out
-
-
-def slide_auroc(slide_labels, slide_scores) -> float:
-    """ROC AUC of pooled slide scores; NaN when one class is missing."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(slide_labels, bool)
-    if y.size == 0 or y.all() or not y.any():
-        return math.nan
-    return float(roc_auc_score(y, np.asarray(slide_scores, float)))
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _fold_of(split_csv_path) -> int:
-    m = re.search(r"splits_(\d+)", Path(split_csv_path).stem)
-    return int(m.group(1)) if m else 0
-
-
-def _slide_patch_labels(
-    sid: str,
-    coords: np.ndarray,
-    label_dir: Path,
-    threshold: float | None,
-    slide_label: int | None,
-    allow_missing: bool,
-):
-    """(index into coords, labels) of the patches that have a label, or None to skip."""
-    path = label_dir / f"{sid}.h5"
-    if not path.is_file():
-        if slide_label == 0:  # a normal slide without annotations: every patch is normal
-            return np.arange(len(coords)), np.zeros(len(coords), bool), 0
-        if allow_missing:
-            log.warning("no patch labels for %s; skipped", sid)
-            return None
-        raise InputFileError(
-            path,
-            "patch-label file not found",
-            "run `sae1n patch-labels` for this slide, give --dataset_csv so normal slides need none, or pass --allow_missing",
-        )
-    lab_coords, frac, file_thr = read_patch_label_file(path)
-    thr = (
-        threshold
-        if threshold is not None
-        else (file_thr if file_thr is not None else DEFAULT_THRESHOLD)
-    )
-    ia, ib = match_coords(coords, lab_coords)
-    if len(ia) == 0:
-        raise InputFileError(
-            path,
-            f"none of its {len(lab_coords)} patch coords match the {len(coords)} coords of the SAE codes",
-            "make patch labels from the same patch coordinates (patches/<slide>.h5) the features were extracted from",
-        )
-    return ia, frac[ib] >= thr, len(coords) - len(ia)
-
-
-def _collect(
-    split_name: str,
-    slides: list[str],
-    files: dict[str, Path],
-    units: list[int],
-    signs: dict[int, float],
-    label_dir: Path,
-    threshold: float | None,
-    slide_labels: dict[str, int] | None,
-    mil_dirs: dict[str, Path],
-    pooling: str,
-    topk: int,
-    quantile: float,
-    allow_missing: bool,
-    raw_files: dict[str, Path] | None = None,
-    baselines: list | None = None,
-) -> SplitScores:
-    out = SplitScores()
-    missing = [s for s in slides if s not in files]
-    if missing:
-        if not allow_missing:
-            raise InputFileError(
-                next(iter(files.values())).parent,
-                f"no SAE codes for {len(missing)} {split_name} slide(s): {missing_list(missing)}",
-                "run `sae1n save-sae-features` for them, or pass --allow_missing",
-            )
-        slides = [s for s in slides if s in files]
-    for sid in progress(slides, desc=f"{split_name} slides", total=len(slides)):
-        codes, coords, _ = read_codes(files[sid])
-        if coords is None:
-            raise InputFileError(
-                files[sid],
-                "has no coords",
-                "use h5 or sparse code files (they keep coords), not pt files",
-            )
-        known = None if slide_labels is None else slide_labels.get(sid)
-        got = _slide_patch_labels(sid, coords, label_dir, threshold, known, allow_missing)
-        if got is None:
-            continue
-        idx, lab, unmatched = got
-        out.n_unmatched += unmatched
-        out.slide_ids.append(sid)
-        out.labels.append(lab)
-        sl = int(lab.any()) if known is None else int(known)
-        out.slide_scores.setdefault("_label", []).append(sl)
-        acts = neuron_columns(codes, units)
-        for j, u in enumerate(units):
-            act = acts[:, j]
-            key = f"unit_{u}"
-            out.scores.setdefault(key, []).append(signs[u] * act[idx])
-            pooled = pool_activations(act[:, None], pooling, topk=topk, quantile=quantile)[0]
-            out.slide_scores.setdefault(key, []).append(signs[u] * pooled)
-        for method, folder in mil_dirs.items():
-            part, pooled = _mil_scores(folder / f"{sid}.h5", coords[idx])
-            out.scores.setdefault(method, []).append(part)
-            out.slide_scores.setdefault(method, []).append(pooled)
-        if baselines:
-            if sid not in raw_files:
-                raise InputFileError(
-                    Path(next(iter(raw_files.values()))).parent,
-                    f"no input features for {split_name} slide {sid}",
-                    "pass the --input_feature_dir the SAE was trained on",
-                )
-            raw = read_bag(raw_files[sid])
-            ja, jb = _raw_match(raw, coords, raw_files[sid])
-            for b in baselines:
-                full = np.full(len(coords), np.nan)
-                sc = b.score(raw.features)
-                full[ja] = sc[jb]
-                out.scores.setdefault(b.method, []).append(full[idx])
-                pooled = pool_activations(sc[:, None], pooling, topk=topk, quantile=quantile)[0]
-                out.slide_scores.setdefault(b.method, []).append(float(pooled))
-    return out
-
-
-def _mil_scores(path: Path, coords: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-patch MIL scores matched to ``coords`` (NaN where absent) and their max."""
-    full = np.full(len(coords), np.nan)
-    if not path.is_file():
-        return full, math.nan
-    bcoords, bscores = read_patch_scores(path)
-    ja, jb = match_coords(coords, bcoords)
-    full[ja] = bscores[jb]
-    return full, (float(bscores.max()) if bscores.size else math.nan)
-
-
-def _raw_match(raw, coords: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if raw.coords is None:
-        if len(raw.features) != len(coords):
-            raise InputFileError(path, "has no coords and not one row per SAE-code row", "use h5 input features (they keep coords)")
-        ar = np.arange(len(coords))
-        return ar, ar
-    return match_coords(coords, raw.coords)
-
-
-def mil_method_name(folder: str | os.PathLike) -> str:
-    """Method name of a MIL experiment folder's per-patch scores:
-    ``abmil_attention`` (ABMIL), ``maxmil_scores`` (MaxMIL), else ``<exp>_scores``."""
-    name = Path(folder).name.lower()
-    if "abmil" in name:
-        return "abmil_attention"
-    if "maxmil" in name and "sae" not in name:
-        return "maxmil_scores"
-    return f"{Path(folder).name}_scores"
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -376,7 +149,7 @@ def evaluate_patches(
         raise InputFileError(
             split_csv_path, "the test column is empty", "pass a split with test slides"
         )
-    k = _fold_of(split_csv_path) if fold is None else int(fold)
+    k = fold_of_split(split_csv_path) if fold is None else int(fold)
     mil_dirs: dict[str, Path] = {}
     for d in [] if mil_dir is None else ([mil_dir] if isinstance(mil_dir, str | os.PathLike) else list(mil_dir)):
         cand = Path(d) / f"fold_{k}" / "patch_scores"
@@ -387,7 +160,7 @@ def evaluate_patches(
     raw_files, fitted, baseline_info = None, [], {}
     if input_feature_dir is not None:
         raw_files = feature_paths(input_feature_dir)
-        fitted = _fit_feature_baselines(
+        fitted = fit_feature_baselines(
             split_csv_path, raw_files, files, feature_dir, label_dir, threshold, slide_labels,
             methods=FEATURE_BASELINES if baselines is None else tuple(baselines),
             sae_checkpoint=sae_checkpoint, seed=baseline_seed, n_components=n_components,
@@ -411,8 +184,8 @@ def evaluate_patches(
         raw_files=raw_files,
         baselines=fitted,
     )
-    test_scores = _collect("test", test, **common)
-    val_scores = _collect("val", val, **common) if val else SplitScores()
+    test_scores = collect_split_scores("test", test, **common)
+    val_scores = collect_split_scores("val", val, **common) if val else SplitScores()
     if not test_scores.slide_ids:
         raise Sae1nError("no test slide could be evaluated (no codes or patch labels)")
 
@@ -500,80 +273,6 @@ def evaluate_patches(
     result["curves"] = {_label_for(m, rank_of, direction, oracle): c for m, c in curves.items()}
     result["eval_dir"] = str(eval_dir)
     return result
-
-
-def _fit_feature_baselines(
-    split_csv_path, raw_files, code_files_, feature_dir, label_dir, threshold, slide_labels, *,
-    methods, sae_checkpoint, seed, n_components, pooling, topk, quantile, allow_missing,
-):
-    """Fit the feature baselines on the split's train slides (input features,
-    slide labels; patch labels for the oracle only)."""
-    train = read_split_slides(split_csv_path, "train")
-    feats, labels, patch_labels = {}, {}, {}
-    for sid in train:
-        if sid not in raw_files:
-            if allow_missing:
-                continue
-            raise InputFileError(
-                split_csv_path,
-                f"train slide {sid} has no input features",
-                "pass the --input_feature_dir the SAE was trained on, or --allow_missing",
-            )
-        bag = read_bag(raw_files[sid])
-        known = None if slide_labels is None else slide_labels.get(sid)
-        coords = bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2), np.int64)
-        got = None
-        if bag.coords is not None and ((label_dir / f"{sid}.h5").is_file() or known is not None):
-            got = _slide_patch_labels(sid, coords, label_dir, threshold, known, True)
-        feats[sid] = bag.features
-        if got is not None:
-            patch_labels[sid] = (got[0], got[1])  # rows with a label, their labels
-        if known is not None:
-            labels[sid] = int(known)
-        elif got is not None:
-            labels[sid] = int(got[1].any())
-    if not labels:
-        raise InputFileError(
-            split_csv_path, "no train slide has a label", "pass --dataset_csv with slide labels"
-        )
-    sae_config = None
-    if "random_sae" in methods:
-        sae_config = _sae_config_of(sae_checkpoint, feature_dir, code_files_)
-    return fit_baselines(
-        feats,
-        labels,
-        patch_labels=patch_labels,
-        methods=methods,
-        sae_config=sae_config,
-        n_components=n_components,
-        seed=seed,
-        pooling=pooling,
-        topk=topk,
-        quantile=quantile,
-    )
-
-
-def _sae_config_of(sae_checkpoint, feature_dir, code_files_):
-    """The trained SAE's config: from ``sae_checkpoint``, else the checkpoint the
-    codes were encoded with (``encoding.json`` / the code files' attrs)."""
-    import json
-
-    from sae1n.sae import load_sae
-
-    ckpt = sae_checkpoint
-    if ckpt is None:
-        root = Path(feature_dir)
-        for cand in (root / "encoding.json", root.parent / "encoding.json"):
-            if cand.is_file():
-                ckpt = json.loads(cand.read_text()).get("checkpoint")
-                break
-    if ckpt is None:
-        _, _, attrs = read_codes(next(iter(code_files_.values())))
-        ckpt = attrs.get("sae_checkpoint")
-    if ckpt is None or not Path(str(ckpt)).exists():
-        log.warning("no SAE checkpoint found for the random_sae baseline (pass --sae_checkpoint); skipped")
-        return None
-    return load_sae(ckpt, device="cpu").cfg
 
 
 def _rank_and_direction(ranking: pd.DataFrame | None, unit: int) -> tuple[int | None, str]:

@@ -2,37 +2,29 @@
 test tumour vs normal slides (Welch's t-test, as the paper) or correlate with
 a grade (Spearman), all neurons at once.
 
-The paper's CSV columns come first (``unit_id, t_statistic, p_value,
-tumor_mean_activation, normal_mean_activation``), sorted by p ascending then
-t descending; rank 1 is the first row. Neurons that never vary get t = 0 and
-p = 1 (scipy gives NaN), so they sort last instead of poisoning the order.
-
-``compat="paper"`` (:func:`analyze_sae_paper`) computes what the paper's
-``analyze_sae.py`` does: float32 max-pooling and a float32 per-unit
-``scipy.stats.ttest_ind`` (p-values below ~1e-39 underflow to 0, and such
-ties are broken by t descending, the sign of t ignored), the files in
-``Path.glob`` order (unsorted), NaN t/p for constant units, sorted last.
-:func:`select_units` reads a ranking CSV for the MIL stage, in paper mode with
-the paper's unstable re-sort by p alone.
-
-This module owns the ranking CSV: :func:`write_ranking` / :func:`read_ranking`.
+Neurons that never vary get t = 0 and p = 1 (scipy gives NaN), so they sort
+last instead of poisoning the order. The statistics live in
+:mod:`sae1n.neurons.column_stats`, the ranking CSV (names, reader, writer,
+:func:`select_units`) in :mod:`sae1n.neurons.ranking_csv`, and
+``compat="paper"`` (:func:`analyze_sae_paper`, the paper's float32 ranking) in
+:mod:`sae1n.neurons.ranking_paper`; their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import sparse
 
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
 from sae1n.io import FeatureBag, atomic_write_csv, atomic_write_json
 from sae1n.io.provenance import Provenance, check_output, input_identity, is_current, write_sidecar
+from sae1n.neurons.column_stats import bh_q_values, column_auroc, spearman_columns, welch_t_test
 from sae1n.neurons.inputs import (
     binarize_labels,
     code_files,
@@ -43,89 +35,38 @@ from sae1n.neurons.inputs import (
     read_split_slides,
 )
 from sae1n.neurons.pooling import check_pooling, pool_activations
+from sae1n.neurons.ranking_csv import (
+    COMPAT,
+    PAPER_COLUMNS,
+    RANK_CORRELATION_CSV,
+    RANKING_KIND,
+    RANKING_SCHEMA,
+    SUMMARY_JSON,
+    T_TEST_CSV,
+    ranking_csv_path,
+    read_ranking,
+    select_units,
+    write_ranking,
+)
+from sae1n.neurons.ranking_paper import (
+    analyze_sae_paper,
+    paper_code_files,
+    paper_t_test,
+    pool_paper,
+    read_paper_csv_floats,
+)
 from sae1n.utils import progress
 
-log = logging.getLogger(__name__)
-
-PAPER_COLUMNS = [
-    "unit_id",
-    "t_statistic",
-    "p_value",
-    "tumor_mean_activation",
-    "normal_mean_activation",
+# the ranking's public names, including those of the modules it is split into
+__all__ = [
+    "COMPAT", "PAPER_COLUMNS", "RANK_CORRELATION_CSV", "RANKING_KIND", "RANKING_SCHEMA",
+    "SUMMARY_JSON", "T_TEST_CSV", "analyze_sae", "analyze_sae_paper", "bh_q_values", "column_auroc",
+    "paper_code_files", "paper_t_test", "pool_paper", "pool_slides", "rank_by_grade",
+    "rank_by_t_test", "rank_neurons", "ranking_csv_path", "read_paper_csv_floats", "read_ranking",
+    "select_units", "spearman_columns", "welch_t_test", "write_ranking",
 ]
-T_TEST_CSV = "sae_analysis_t_test.csv"
-RANK_CORRELATION_CSV = "sae_analysis_rank_correlation.csv"
-SUMMARY_JSON = "sae_analysis_summary.json"
-RANKING_KIND = "neuron-ranking"
-RANKING_SCHEMA = 1
-COMPAT = ("default", "paper")
 
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def welch_t_test(tumor: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Welch's t-test (scipy, ``equal_var=False``) of every column at once.
-
-    ``tumor`` (n1, D) and ``normal`` (n0, D) hold pooled activations. Columns
-    constant across both groups get t = 0, p = 1 instead of NaN.
-    """
-    tumor = np.asarray(tumor, dtype=np.float64)
-    normal = np.asarray(normal, dtype=np.float64)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ttest_ind(tumor, normal, axis=0, equal_var=False)
-    t = np.atleast_1d(np.asarray(res.statistic, dtype=np.float64)).copy()
-    p = np.atleast_1d(np.asarray(res.pvalue, dtype=np.float64)).copy()
-    undefined = np.isnan(t) | np.isnan(p)
-    t[undefined] = 0.0
-    p[undefined] = 1.0
-    return t, p
-
-
-def column_auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """ROC AUC of every column of ``scores`` (n, D) for the binary ``positive`` (n,),
-    via the rank-sum identity (ties count one half, as scikit-learn)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    n1 = int(positive.sum())
-    n0 = positive.size - n1
-    if n1 == 0 or n0 == 0:
-        return np.full(scores.shape[1], np.nan)
-    ranks = stats.rankdata(scores, axis=0)
-    return (ranks[positive].sum(axis=0) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
-
-
-def spearman_columns(scores: np.ndarray, grade: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spearman's rho of every column of ``scores`` (n, D) with ``grade`` (n,) and the
-    two-sided p-value (t-distribution with n-2 df, as scipy). Constant columns: rho 0, p 1."""
-    scores = np.asarray(scores, dtype=np.float64)
-    n = scores.shape[0]
-    rx = stats.rankdata(scores, axis=0)
-    ry = stats.rankdata(np.asarray(grade, dtype=np.float64))
-    rx -= rx.mean(axis=0)
-    ry -= ry.mean()
-    with np.errstate(all="ignore"):
-        rho = (rx * ry[:, None]).sum(axis=0) / np.sqrt((rx**2).sum(axis=0) * (ry**2).sum())
-        rho = np.clip(rho, -1.0, 1.0)
-        dof = n - 2
-        tval = rho * np.sqrt(dof / ((1.0 + rho) * (1.0 - rho)))
-        p = 2.0 * stats.t.sf(np.abs(tval), dof)
-    const = ~np.isfinite(rho)
-    rho[const] = 0.0
-    p[const] = 1.0
-    p[np.isnan(p)] = 1.0
-    return rho, p
-
-
-def bh_q_values(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values)."""
-    p = np.asarray(p, dtype=np.float64)
-    if p.size == 0:
-        return p
-    return stats.false_discovery_control(p, method="bh")
-
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- pooling many slides
 
@@ -505,219 +446,3 @@ def _counts(values) -> dict[str, int]:
     vals, counts = np.unique(np.asarray(list(values)), return_counts=True)
     return {f"{v:g}": int(c) for v, c in zip(vals, counts)}
 
-
-def ranking_csv_path(output_dir: str | os.PathLike, exp_id: str, multiclass: bool = False) -> Path:
-    """Where :func:`analyze_sae` writes its ranking."""
-    return (
-        Path(output_dir)
-        / exp_id
-        / "analysis"
-        / (RANK_CORRELATION_CSV if multiclass else T_TEST_CSV)
-    )
-
-
-def write_ranking(path: str | os.PathLike, frame: pd.DataFrame, prov: Provenance | None = None) -> Path:
-    """Write a ranking CSV atomically (rank 1 first), with its provenance sidecar."""
-    path = Path(path)
-    atomic_write_csv(path, frame, index=False)
-    if prov is not None:
-        write_sidecar(path, prov)
-    return path
-
-
-def read_ranking(path: str | os.PathLike, *, fix: str = "run `sae1n analyze-sae` first, or pass --unit") -> pd.DataFrame:
-    """Read a ranking CSV (ours or the paper's; rank 1 first) and check it has ``unit_id``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "neuron ranking not found", fix)
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise InputFileError(
-            path, f"cannot be read as CSV ({exc})", "re-run `sae1n analyze-sae`"
-        ) from exc
-    if "unit_id" not in df.columns:
-        raise InputFileError(
-            path,
-            f"has no 'unit_id' column (columns: {', '.join(map(str, df.columns))})",
-            "use the sae_analysis_t_test.csv written by `sae1n analyze-sae`",
-        )
-    if df.empty:
-        raise InputFileError(path, "has no unit_id rows", "re-run `sae1n analyze-sae`")
-    return df
-
-
-def select_units(
-    ranking: str | os.PathLike | pd.DataFrame,
-    num_units: int,
-    metric: str | None = "p_value",
-    *,
-    compat: str = "default",
-    fix: str = "run `sae1n analyze-sae` first, or set features.use_sae_selected_units=false",
-) -> np.ndarray:
-    """The ``num_units`` top-ranked neurons of a ranking (CSV path or frame).
-
-    The CSV is already ranked (p ascending, then t descending). Default mode:
-    ``metric`` re-sorts *stably* (p/q ascending, anything else descending;
-    ``None``/``rank`` keeps the file order), so ties keep the file order.
-    ``compat="paper"``: the paper's ``df.sort_values(metric)`` with pandas'
-    default (unstable) quicksort, ascending, as ``mil/main.py`` does.
-    """
-    if compat not in COMPAT:
-        raise ConfigError(f"compat must be one of {', '.join(COMPAT)}, got {compat!r}")
-    source = ranking if not isinstance(ranking, pd.DataFrame) else "ranking"
-    df = ranking if isinstance(ranking, pd.DataFrame) else read_ranking(ranking, fix=fix)
-    if metric not in (None, "", "rank"):
-        if metric not in df.columns:
-            raise ConfigError(
-                f"features.sae_unit_selection_metric={metric!r} is not a column of {source} (columns: {', '.join(map(str, df.columns))})"
-            )
-        if compat == "paper":
-            df = df.sort_values(metric)
-        else:
-            ascending = metric.startswith(("p_", "q_")) or metric in (
-                "p_value",
-                "q_value",
-                "pvalue",
-                "qvalue",
-                "fdr",
-            )
-            df = df.sort_values(metric, ascending=ascending, kind="mergesort", na_position="last")
-    if int(num_units) < 1:
-        raise ConfigError(f"features.num_top_sae_units must be >= 1 (got {num_units})")
-    units = df["unit_id"].head(int(num_units)).to_numpy()
-    if len(units) == 0 or not np.all(np.isfinite(units.astype(float))):
-        raise InputFileError(source, "has no usable unit ids", "re-run `sae1n analyze-sae`")
-    return units.astype(np.int64)
-
-
-# ----------------------------------------------------------------------------- the paper's ranking
-
-
-def paper_t_test(tumor: np.ndarray, normal: np.ndarray) -> pd.DataFrame:
-    """The paper's ranking table of float32 pooled activations (S1, D) / (S0, D):
-    per unit ``ttest_ind(equal_var=False, nan_policy='omit')`` in float32,
-    float32 means, sorted by p ascending then t descending (stable; NaN last)."""
-    tumor = np.asarray(tumor, dtype=np.float32)
-    normal = np.asarray(normal, dtype=np.float32)
-    d = tumor.shape[1]
-    t = np.empty(d, dtype=np.float32)
-    p = np.empty(d, dtype=np.float32)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        for u in range(d):
-            res = stats.ttest_ind(tumor[:, u], normal[:, u], equal_var=False, nan_policy="omit")
-            t[u], p[u] = res.statistic, res.pvalue
-    df = pd.DataFrame(
-        {
-            "unit_id": np.arange(d, dtype=np.int64),
-            "t_statistic": t,
-            "p_value": p,
-            "tumor_mean_activation": np.array([tumor[:, u].mean() for u in range(d)], dtype=np.float32),
-            "normal_mean_activation": np.array([normal[:, u].mean() for u in range(d)], dtype=np.float32),
-        }
-    )
-    return df.sort_values(["p_value", "t_statistic"], ascending=[True, False]).reset_index(drop=True)
-
-
-def paper_code_files(feature_dir: str | os.PathLike) -> list[Path]:
-    """``Path(feature_dir).glob('*.pt')`` in the filesystem's (unsorted) order, as the paper."""
-    folder = Path(feature_dir)
-    if (folder / "pt_files").is_dir():
-        folder = folder / "pt_files"
-    return list(folder.glob("*.pt"))
-
-
-def pool_paper(
-    files: list[Path], train: set[str], labels: Mapping[str, str]
-) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """Max-pool (float32, ``torch.max(codes, 0)``) the train files in the given order:
-    returns (tumour ids, normal ids, tumour stack, normal stack)."""
-    import torch
-
-    t_ids, n_ids, t_rows, n_rows = [], [], [], []
-    for f in files:
-        sid = f.stem
-        if sid not in train:
-            continue
-        label = labels.get(sid)
-        if label not in ("tumor", "normal"):
-            log.warning("%s: label %r is neither tumor nor normal; skipped (as the paper)", f, label)
-            continue
-        try:
-            codes = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for bad files
-            raise InputFileError(f, f"cannot be read as a tensor ({type(exc).__name__})", "re-run save-sae-features") from exc
-        if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.shape[0] == 0:
-            raise InputFileError(f, "is not an (N, F) code tensor with N > 0", "re-run save-sae-features")
-        pooled = torch.max(codes.to(torch.float32), dim=0).values.numpy()
-        (t_ids if label == "tumor" else n_ids).append(sid)
-        (t_rows if label == "tumor" else n_rows).append(pooled)
-    if len(t_rows) < 2 or len(n_rows) < 2:
-        raise Sae1nError(
-            f"the t-test needs at least 2 tumour and 2 normal train slides with codes, got {len(t_rows)} and {len(n_rows)}"
-        )
-    return t_ids, n_ids, np.stack(t_rows), np.stack(n_rows)
-
-
-def analyze_sae_paper(
-    exp_id: str,
-    split_csv_path: str | os.PathLike,
-    feature_dir: str | os.PathLike,
-    dataset_csv: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    num_features: int | None = None,
-    *,
-    file_order: list[str] | None = None,
-    overwrite: bool = False,
-) -> pd.DataFrame:
-    """``analyze-sae --compat paper``: the paper's ranking, written to
-    ``<output_dir>/<exp_id>/analysis/sae_analysis_t_test.csv`` (5 columns, float32).
-
-    ``file_order`` (slide ids) replaces the filesystem's glob order, which
-    decides the float32 summation order of the means and the t-test."""
-    files = paper_code_files(feature_dir)
-    if not files:
-        raise InputFileError(feature_dir, "no .pt code files", "pass the pt_files folder of save-sae-features")
-    if file_order is not None:
-        by_id = {f.stem: f for f in files}
-        files = [by_id[s] for s in file_order if s in by_id]
-    try:
-        split = pd.read_csv(split_csv_path, dtype=str)
-        meta = pd.read_csv(dataset_csv, dtype={"slide_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputFileError(split_csv_path, f"cannot read the split / dataset CSV ({exc})", "check the paths") from exc
-    if "train" not in split.columns:
-        raise InputFileError(split_csv_path, "has no 'train' column", "pass a splits_<k>.csv")
-    for col in ("slide_id", "label"):
-        if col not in meta.columns:
-            raise InputFileError(dataset_csv, f"has no {col!r} column", "pass the metadata CSV")
-    train = {Path(str(v)).stem for v in split["train"].dropna()}
-    labels = dict(zip(meta["slide_id"].astype(str), meta["label"].astype(str).str.lower()))
-    out = ranking_csv_path(output_dir, exp_id)
-    prov = Provenance.make(
-        RANKING_KIND,
-        RANKING_SCHEMA,
-        settings={"compat": "paper", "pooling": "max", "num_features": num_features, "file_order": [f.stem for f in files]},
-        inputs={
-            "split": Path(split_csv_path),
-            "dataset_csv": Path(dataset_csv),
-            "codes": {f.stem: input_identity(f) for f in sorted(files)},
-        },
-    )
-    if is_current(out, prov):
-        log.info("%s is current; not recomputed", out)
-        return read_ranking(out)
-    t_ids, n_ids, tumor, normal = pool_paper(files, train, labels)
-    if num_features is not None and tumor.shape[1] != int(num_features):
-        raise InputFileError(feature_dir, f"codes have {tumor.shape[1]} units, --num_features is {num_features}", "pass the SAE's dictionary size")
-    df = paper_t_test(tumor, normal)
-    check_output(out, prov, overwrite=overwrite)
-    write_ranking(out, df, prov)
-    return df
-
-
-def read_paper_csv_floats(path: str | os.PathLike) -> pd.DataFrame:
-    """A paper-format ranking CSV with its float columns as float32."""
-    df = read_ranking(path)
-    return df.astype({c: np.float32 for c in PAPER_COLUMNS[1:] if c in df.columns})

@@ -25,7 +25,7 @@ _EXPORTS = {
     "save_sae": "sae1n.sae.checkpoints",
     "export_sae": "sae1n.sae.export",
     "build_sae": "sae1n.sae.models",
-    "SAEConfig": "sae1n.sae.models",
+    "SAEConfig": "sae1n.sae.model_config",
     "BaseSAE": "sae1n.sae.models",
     "BatchTopKSAE": "sae1n.sae.models",
     "TopKSAE": "sae1n.sae.models",

@@ -28,310 +28,45 @@ Outputs (``<output_dir>/<exp>/checkpoints``): the paper's ``sae_best.pt`` /
 ``config_best.json`` / ``config_<N-1>.json``, and beside them sae1n's
 ``sae_best.safetensors`` / ``sae_final.safetensors`` (loaded by
 :func:`sae1n.sae.checkpoints.load_sae` with the paper's semantics).
+
+The model is in :mod:`sae1n.sae.paper_model`, the data stream in
+:mod:`sae1n.sae.paper_stream`; this module holds the loop and its outputs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import atomic_path, atomic_write_csv, atomic_write_json
 from sae1n.io.provenance import Provenance, read_provenance, write_sidecar
 from sae1n.sae.checkpoints import write_paper_pt
+from sae1n.sae.paper_model import (
+    PAPER_MODEL_TYPES,
+    PaperSAE,
+    build_paper_sae,
+)
+from sae1n.sae.paper_stream import BufferedStream, _loader, _split_files
 from sae1n.utils import progress, resolve_device
+
+__all__ = [
+    "CHECKPOINT_KIND", "CHECKPOINT_SCHEMA", "PAPER_MODEL_TYPES", "BufferedStream", "PaperRun",
+    "PaperSAE", "build_paper_sae", "export_paper_checkpoints", "paper_batches",
+    "run_paper_training", "sae1n_model_from_paper_state", "save_paper_checkpoint", "train_sae_paper",
+]
 
 log = logging.getLogger(__name__)
 
-PAPER_MODEL_TYPES = ("BatchTopKSAE", "TopKSAE")
 CHECKPOINT_KIND = "sae-checkpoint-paper"
 CHECKPOINT_SCHEMA = 1
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-class PaperSAE(nn.Module):
-    """The paper's TopK / BatchTopK SAE (``sae.py``), with its exact parameter
-    layout, init, forward, state updates and losses.
-
-    ``num_batches_not_active`` is a plain float32 attribute, not a buffer, as
-    in the paper, so it is absent from the state dict.
-    """
-
-    def __init__(self, sae_cfg: Mapping, generator: torch.Generator | None = None):
-        super().__init__()
-        self.model_type = _paper_model_type(sae_cfg.get("model_type", "BatchTopKSAE"))
-        self.act_size = int(sae_cfg["act_size"])
-        self.dict_size = int(sae_cfg["dict_size"])
-        self.top_k = int(sae_cfg["top_k"])
-        self.top_k_aux = int(sae_cfg["top_k_aux"])
-        self.aux_penalty = float(sae_cfg["aux_penalty"])
-        self.n_batches_to_dead = int(sae_cfg["n_batches_to_dead"])
-        self.l1_coeff = float(sae_cfg.get("l1_coeff") or 0.0)
-        self.input_unit_norm = bool(sae_cfg.get("input_unit_norm", False))
-        self.threshold_lr = float(sae_cfg.get("threshold_lr", 0.01) or 0.01)
-        d, f = self.act_size, self.dict_size
-        # parameter order is the paper's (and Adam's)
-        self.b_dec = nn.Parameter(torch.zeros(d))
-        self.b_enc = nn.Parameter(torch.zeros(f))
-        self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(d, f), generator=generator))
-        self.W_dec = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(f, d), generator=generator))
-        self.W_dec.data[:] = self.W_enc.t().data
-        self.W_dec.data[:] = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
-        self.num_batches_not_active = torch.zeros(f)
-        if self.model_type == "BatchTopKSAE":
-            self.register_buffer("threshold", torch.tensor(0.0))
-
-    def _apply(self, fn, *args, **kwargs):  # keep the plain attribute on the model's device
-        out = super()._apply(fn, *args, **kwargs)
-        self.num_batches_not_active = fn(self.num_batches_not_active)
-        return out
-
-    def preprocess_input(self, x: torch.Tensor):
-        if self.input_unit_norm:
-            x_mean = x.mean(dim=-1, keepdim=True)
-            x = x - x_mean
-            x_std = x.std(dim=-1, keepdim=True)
-            return x / (x_std + 1e-5), x_mean, x_std
-        return x, None, None
-
-    def _select(self, acts: torch.Tensor) -> torch.Tensor:
-        if self.model_type == "TopKSAE":
-            top = torch.topk(acts, self.top_k, dim=-1)
-            return torch.zeros_like(acts).scatter(-1, top.indices, top.values)
-        if self.training:
-            flat = acts.flatten()
-            top = torch.topk(flat, self.top_k * acts.shape[0], dim=-1)
-            return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
-        return torch.where(acts > self.threshold, acts, torch.zeros_like(acts))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes with the current mode's rule; updates nothing (``save_sae_features``)."""
-        x, _, _ = self.preprocess_input(x)
-        acts = F.relu((x - self.b_dec) @ self.W_enc)
-        return self._select(acts)
-
-    @torch.no_grad()
-    def _update_state(self, acts_topk: torch.Tensor) -> None:
-        if self.model_type == "BatchTopKSAE":
-            positive = acts_topk > 0
-            if positive.any():
-                min_positive = acts_topk[positive].min()
-                lr = self.threshold_lr
-                self.threshold = (1 - lr) * self.threshold + lr * min_positive
-        col = acts_topk.sum(0)
-        self.num_batches_not_active += (col == 0).float()
-        self.num_batches_not_active[col > 0] = 0
-
-    def forward(self, x: torch.Tensor) -> dict:
-        """The paper's loss dict; updates threshold and dead counters in any mode."""
-        x, _x_mean, _x_std = self.preprocess_input(x)
-        acts = F.relu((x - self.b_dec) @ self.W_enc)
-        acts_topk = self._select(acts)
-        x_rec = acts_topk @ self.W_dec + self.b_dec
-        self._update_state(acts_topk)
-        l2_loss = (x_rec.float() - x.float()).pow(2).mean()
-        l1_norm = acts_topk.float().abs().sum(-1).mean()
-        l1_loss = self.l1_coeff * l1_norm
-        l0_norm = (acts_topk > 0).float().sum(-1).mean()
-        aux_loss = self._aux_loss(x, x_rec, acts)
-        loss = l2_loss + l1_loss + aux_loss
-        return {
-            "loss": loss,
-            "l2_loss": l2_loss,
-            "l1_loss": l1_loss,
-            "aux_loss": aux_loss,
-            "l0_norm": l0_norm,
-            "l1_norm": l1_norm,
-            "num_dead_features": (self.num_batches_not_active > self.n_batches_to_dead).sum(),
-            "feature_acts": acts_topk,
-        }
-
-    def _aux_loss(self, x, x_rec, acts):
-        dead = self.num_batches_not_active >= self.n_batches_to_dead
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return torch.tensor(0, dtype=x.dtype, device=x.device)
-        residual = x.float() - x_rec.float()
-        acts_dead = acts[:, dead]
-        top = torch.topk(acts_dead, min(self.top_k_aux, n_dead), dim=-1)
-        acts_aux = torch.zeros_like(acts_dead).scatter(-1, top.indices, top.values)
-        x_rec_aux = acts_aux @ self.W_dec[dead]
-        return self.aux_penalty * (x_rec_aux.float() - residual.float()).pow(2).mean()
-
-    @torch.no_grad()
-    def make_decoder_weights_and_grad_unit_norm(self) -> None:
-        """Project the decoder gradient onto the rows' tangent space, renormalise the rows."""
-        w_normed = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
-        if self.W_dec.grad is not None:
-            proj = (self.W_dec.grad * w_normed).sum(-1, keepdim=True) * w_normed
-            self.W_dec.grad -= proj
-        self.W_dec.data = w_normed
-
-
-def _paper_model_type(name) -> str:
-    from sae1n.sae.models import canonical_model_type
-
-    t = canonical_model_type(str(name))
-    if t not in PAPER_MODEL_TYPES:
-        raise ConfigError(
-            f"compat=paper supports sae.model_type {' / '.join(PAPER_MODEL_TYPES)}, got {t}",
-            "use sae.model_type=BatchTopKSAE or TopKSAE, or drop compat=paper",
-        )
-    return t
-
-
-def build_paper_sae(sae_cfg: Mapping, seed: int | None = None) -> PaperSAE:
-    """The paper's SAE as ``main.py`` builds it after ``seed_everything(seed)``:
-    two generator draws (the DataLoader iterators), then the model."""
-    if seed is not None:
-        _seed_all(seed)
-        for _ in range(2):
-            torch.empty((), dtype=torch.int64).random_()
-    return PaperSAE(sae_cfg)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------- the data stream
-
-
-class BufferedStream:
-    """The paper's ``FeatureActivationStore`` as an endless stream of rows.
-
-    ``files`` are loaded with ``load(i) -> (n_i, D) float32 tensor``. Each fill
-    draws from the global Python ``random`` and torch generators (shared
-    with the other stream, in call order, as in the paper). Rows are also
-    tracked as indices into the files concatenated in the given order.
-    """
-
-    def __init__(self, sizes: Sequence[int], load: Callable[[int], torch.Tensor], buffer_size: int):
-        self.sizes = [int(s) for s in sizes]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.load = load
-        self.buffer_size = int(buffer_size)
-        self._data: torch.Tensor | None = None
-        self._rows: torch.Tensor | None = None
-        self._pos = 0
-        self.fills = 0
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.offsets[-1])
-
-    def _fill(self) -> None:
-        order = list(range(len(self.sizes)))
-        random.shuffle(order)
-        pieces, rows, filled = [], [], 0
-        while filled < self.buffer_size and order:
-            i = order.pop(0)
-            data = self.load(i)
-            n = data.shape[0]
-            needed = self.buffer_size - filled
-            start = 0
-            if n > needed:
-                start = random.randint(0, n - needed)
-                data = data[start : start + needed]
-                n = needed
-            pieces.append(data)
-            rows.append(torch.arange(start, start + n, dtype=torch.int64) + int(self.offsets[i]))
-            filled += n
-        if filled == 0:
-            raise InputFileError("(feature files)", "the stream's files hold no rows", "check the split")
-        data = torch.cat(pieces)
-        perm = torch.randperm(data.shape[0])
-        self._data, self._rows = data[perm], torch.cat(rows)[perm]
-        self._pos = 0
-        self.fills += 1
-
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next ``batch_size`` rows of the stream (possibly across fills) and their row ids."""
-        parts, ids, need = [], [], int(batch_size)
-        while need:
-            if self._data is None or self._pos >= self._data.shape[0]:
-                self._fill()
-            take = min(need, self._data.shape[0] - self._pos)
-            parts.append(self._data[self._pos : self._pos + take])
-            ids.append(self._rows[self._pos : self._pos + take])
-            self._pos += take
-            need -= take
-        if len(parts) == 1:
-            return parts[0], ids[0]
-        return torch.cat(parts), torch.cat(ids)
-
-
-def _split_files(cfg: DictConfig) -> tuple[list[Path], list[Path]]:
-    """Train and val feature files as the paper lists them: sorted glob of
-    ``feature_dir/<pt|h5>_files``, filtered to the split's slide ids (ids
-    without a file are dropped silently, as the paper does)."""
-    from sae1n.datasets.splits import read_split
-
-    data = cfg.data
-    ftype = str(data.get("file_type") or "pt")
-    if ftype not in ("pt", "h5"):
-        raise ConfigError(f"data.file_type must be pt or h5, got {ftype!r}")
-    folder = Path(str(data.feature_dir)) / f"{ftype}_files"
-    files = sorted(folder.glob(f"*.{ftype}"))
-    if not files:
-        raise InputFileError(folder, f"no .{ftype} feature files", "check data.feature_dir and data.file_type")
-    split_path = data.get("split_csv_path")
-    if not split_path:
-        return files, []
-    split = read_split(split_path)
-    sets = {k: {Path(str(s)).stem for s in split.get(k, [])} for k in ("train", "val")}
-    train = [f for f in files if f.stem in sets["train"]]
-    val = [f for f in files if f.stem in sets["val"]]
-    if not train:
-        raise InputFileError(split_path, f"no train slide has a file in {folder}", "check the split and data.feature_dir")
-    return train, val
-
-
-def _loader(files: Sequence[Path], h5_key: str) -> tuple[list[int], Callable[[int], torch.Tensor]]:
-    cache: dict[int, torch.Tensor] = {}
-
-    def load(i: int) -> torch.Tensor:
-        if i not in cache:
-            p = files[i]
-            if p.suffix == ".h5":
-                import h5py
-
-                try:
-                    with h5py.File(p, "r") as f:
-                        arr = f[h5_key][:]
-                except (OSError, KeyError) as exc:
-                    raise InputFileError(p, f"cannot read dataset {h5_key!r} ({exc})", "re-extract the features") from exc
-                t = torch.from_numpy(np.asarray(arr))
-            else:
-                try:
-                    t = torch.load(p, map_location="cpu", weights_only=True)
-                except Exception as exc:  # torch raises many types for corrupt files
-                    raise InputFileError(p, f"cannot be read as a tensor ({type(exc).__name__})", "re-extract the features") from exc
-                if isinstance(t, Mapping):
-                    t = t.get("features")
-                if not isinstance(t, torch.Tensor) or t.ndim != 2:
-                    raise InputFileError(p, "does not hold an (N, D) feature tensor", "re-extract the features")
-            cache[i] = t.to(torch.float32)
-        return cache[i]
-
-    sizes = []
-    for i, _p in enumerate(files):
-        sizes.append(int(load(i).shape[0]))
-    return sizes, load
 
 
 # ----------------------------------------------------------------------------- the loop

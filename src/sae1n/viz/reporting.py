@@ -4,22 +4,38 @@ notes), its patch metrics against every baseline, every evaluation figure, its
 heatmaps and gallery; then the SAE's health (FVU, dead and dense fractions,
 firing-frequency histogram), the ranking, names, training curves, and the
 configuration folded last. Every section is optional: the page shows what the
-experiment folder holds."""
+experiment folder holds.
+
+The HTML building blocks are in :mod:`sae1n.viz.report_html`, the sections in
+:mod:`sae1n.viz.report_sections`; this module assembles the page.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
-import json
 import logging
 import os
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from sae1n.errors import InputFileError
 from sae1n.io import atomic_write_text
+from sae1n.viz.report_html import MAX_IMAGES, PAGE_CSS, read_csv_or_none, read_json_or_none
+from sae1n.viz.report_sections import (
+    RANKING_ROWS,
+    section_answer,
+    section_config,
+    section_health,
+    section_images,
+    section_names,
+    section_notes,
+    section_ranking,
+    section_training,
+)
+
+__all__ = [
+    "FIGURES_DIR", "GALLERY_DIR", "GEOJSON_DIR", "HEATMAP_DIR", "MAX_IMAGES", "RANKING_ROWS",
+    "REPORT_HTML", "REPORT_SCHEMA", "report", "report_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -28,429 +44,6 @@ HEATMAP_DIR = "figures/heatmaps"
 GALLERY_DIR = "figures/galleries"
 GEOJSON_DIR = "figures/geojson"
 REPORT_HTML = "report.html"
-MAX_IMAGES = 12
-RANKING_ROWS = 20
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
-h1{font-size:1.6em;margin-bottom:4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f2f2f2}td.l,th.l{text-align:left}tr.chosen td{background:#fff4d6}
-figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}figure img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:0.8em;color:#555}.scroll{overflow-x:auto}.note{color:#777;font-size:0.9em}.missing{color:#a33}
-tr.oracle td{font-style:italic;color:#666;background:#f3f3f3}.answer{font-size:1.25em}details summary{cursor:pointer;color:#335}
-"""
-
-
-def _img_tag(png: bytes | Path, alt: str, cls: str = "") -> str:
-    data = png.read_bytes() if isinstance(png, Path) else png
-    b64 = base64.b64encode(data).decode("ascii")
-    c = f' class="{cls}"' if cls else ""
-    return f'<img{c} alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def _figure(png: bytes | Path, caption: str, cls: str = "") -> str:
-    return f"<figure>{_img_tag(png, caption, cls)}<figcaption>{html.escape(caption)}</figcaption></figure>"
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "&ndash;"
-    if isinstance(v, bool | np.bool_):
-        return "yes" if v else ""
-    if isinstance(v, int | np.integer):
-        return str(int(v))
-    if isinstance(v, float | np.floating):
-        if not np.isfinite(v):
-            return "&ndash;"
-        a = abs(float(v))
-        return f"{v:.3e}" if (a != 0 and (a < 1e-3 or a >= 1e5)) else f"{v:.4g}"
-    return html.escape(str(v))
-
-
-def _table(
-    df: pd.DataFrame, highlight: pd.Series | None = None, oracle: pd.Series | None = None
-) -> str:
-    head = "".join(f'<th class="l">{html.escape(str(c))}</th>' for c in df.columns)
-    body = []
-    for i, (_, row) in enumerate(df.iterrows()):
-        classes = []
-        if highlight is not None and _truthy(highlight.iloc[i]):
-            classes.append("chosen")
-        if oracle is not None and i < len(oracle) and _truthy(oracle.iloc[i]):
-            classes.append("oracle")
-        cls = f' class="{" ".join(classes)}"' if classes else ""
-        cells = "".join(
-            f'<td class="l">{_fmt(v)}</td>' if isinstance(v, str) else f"<td>{_fmt(v)}</td>"
-            for v in row
-        )
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
-
-
-def _kv_table(items: dict) -> str:
-    rows = "".join(
-        f'<tr><th class="l">{html.escape(str(k))}</th><td class="l">{_fmt(v)}</td></tr>'
-        for k, v in items.items()
-    )
-    return f"<table>{rows}</table>"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, list):
-            out[key] = json.dumps(v) if len(json.dumps(v)) < 80 else f"[{len(v)} items]"
-        else:
-            out[key] = v
-    return out
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("report: cannot read %s (%s); section skipped", path, exc)
-        return None
-
-
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    try:
-        return pd.read_csv(path)
-    except Exception as exc:  # a damaged file must not break the whole page
-        log.warning("report: cannot read %s (%s); section skipped", path, exc)
-        return None
-
-
-def _pngs(folder: Path, limit: int = MAX_IMAGES) -> tuple[list[Path], int]:
-    files = (
-        sorted(p for p in folder.glob("*.png") if not p.name.startswith("."))
-        if folder.is_dir()
-        else []
-    )
-    return files[:limit], max(0, len(files) - limit)
-
-
-# ----------------------------------------------------------------------------- sections
-
-
-def _truthy(v) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes")
-    try:
-        return bool(v) and not (isinstance(v, float) and np.isnan(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def _unit_name(unit, notes: dict, names: pd.DataFrame | None) -> str:
-    n = (notes.get(int(unit)) or {}).get("name") if unit is not None else None
-    if n:
-        return str(n)
-    if names is not None and unit is not None and (names["unit_id"] == unit).any():
-        return f"{names.loc[names['unit_id'] == unit, 'name'].iloc[0]} (prompt)"
-    return ""
-
-
-def _section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[str, int | None]:
-    """The chosen neuron, its patch metrics against every baseline, every evaluation figure."""
-    from sae1n.neurons.evaluate import METRICS_CSV, METRICS_JSON, PR_PNG, ROC_PNG
-
-    ev = exp / "evaluation"
-    res = _read_json(ev / METRICS_JSON) if (ev / METRICS_JSON).is_file() else None
-    res = res if isinstance(res, dict) else {}
-    unit = res.get("chosen_unit", chosen if chosen is not None else top_unit)
-    parts = ["<h2>The answer</h2>"]
-    if unit is None:
-        parts.append('<p class="note">No neuron chosen yet (run <code>sae1n analyze-sae</code> and <code>sae1n evaluate-patches</code>).</p>')
-        return "".join(parts), None
-    name = _unit_name(unit, notes, names)
-    c = res.get("chosen") or {}
-    head = f"Chosen neuron {_fmt(unit)}" + (f": <b>{html.escape(name)}</b>" if name else "")
-    bits = [f"rank {_fmt(c.get('rank'))}" if c.get("rank") is not None else "", f"fires on {html.escape(str(c['direction']))}" if c.get("direction") else ""]
-    parts.append(f'<p class="answer">{head} <span class="note">{", ".join(b for b in bits if b)}</span></p>')
-    if c:
-        keys = ["patch_auroc", "patch_ap", "f1", "precision", "recall", "threshold", "slide_auroc", "n_patches", "n_positive", "n_slides"]
-        parts.append(_kv_table({k: c.get(k) for k in keys if k in c}))
-    table = _read_csv(ev / METRICS_CSV) if (ev / METRICS_CSV).is_file() else None
-    if table is not None and len(table):
-        table = table.copy()
-        oracle = table["oracle"].map(_truthy) if "oracle" in table.columns else pd.Series(False, index=table.index)
-        if "method" in table.columns:
-            table["method"] = [f"{m} (oracle)" if o else str(m) for m, o in zip(table["method"], oracle)]
-        has_baseline = "method" in table.columns and (table["method"].astype(str) != "sae_neuron").any()
-        if res.get("baseline") and not has_baseline:
-            b = {"method": "abmil_attention (baseline)", **{k: res["baseline"].get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}}
-            table = pd.concat([table, pd.DataFrame([b])], ignore_index=True)
-            oracle = pd.concat([oracle, pd.Series([False])], ignore_index=True)
-        chosen_mask = table["chosen"].map(_truthy) if "chosen" in table.columns else pd.Series(False, index=table.index)
-        parts.append(
-            f"<h3>Patch metrics against the baselines ({html.escape(METRICS_CSV)}, every row)</h3>"
-            '<p class="note">Highlighted: the chosen neuron. Rows marked <i>oracle</i> were chosen with the test labels: an upper bound, not a method.</p>'
-            + _table(table, chosen_mask, oracle.reset_index(drop=True))
-        )
-    elif res.get("baseline"):
-        b = res["baseline"]
-        parts.append("<h3>ABMIL attention baseline</h3>" + _kv_table({k: b.get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}))
-    stability = sorted(ev.glob("*stability*.csv")) + sorted((exp / "analysis").glob("*stability*.csv"))
-    for csv in stability:
-        st = _read_csv(csv)
-        if st is not None and len(st):
-            parts.append(f"<h3>Stability ({html.escape(csv.name)})</h3>" + _table(st.head(50)))
-    known = [(ROC_PNG, "ROC (test patches)"), (PR_PNG, "Precision-recall (test patches)")]
-    figs = [_figure(ev / f, cap) for f, cap in known if (ev / f).is_file()]
-    extra = sorted(p for p in ev.glob("*.png") if p.name not in {ROC_PNG, PR_PNG} and not p.name.startswith(".")) if ev.is_dir() else []
-    extra += sorted((exp / "analysis").glob("*stability*.png"))
-    figs += [_figure(p, p.stem.replace("_", " ")) for p in extra]
-    if figs:
-        parts.append("<div>" + "".join(figs) + "</div>")
-    settings = res.get("settings") or {}
-    if settings:
-        parts.append("<details><summary>evaluation settings</summary>" + _kv_table(settings) + "</details>")
-    return "".join(parts), int(unit)
-
-
-def _section_images(exp: Path, folder: str, title: str, empty: str, cls: str, unit: int | None = None) -> str:
-    """Pictures of the chosen neuron first; pictures of other neurons folded below."""
-    files, more = _pngs(exp / folder, limit=10_000)
-    parts = [f"<h2>{html.escape(title)}</h2>"]
-    if not files:
-        parts.append(f'<p class="note">{empty}</p>')
-        return "".join(parts)
-
-    def unit_of(p: Path):
-        from sae1n.io.provenance import read_provenance
-
-        prov = read_provenance(p)
-        if prov is not None and "unit" in prov.settings:
-            return prov.settings["unit"]
-        import re
-
-        m = re.search(r"unit(\d+)", p.stem)
-        return int(m.group(1)) if m else None
-
-    mine = [p for p in files if unit is None or unit_of(p) == unit]
-    other = [p for p in files if p not in mine]
-    shown = mine[:MAX_IMAGES]
-    if shown:
-        parts.append("<div>" + "".join(_figure(p, p.stem, cls) for p in shown) + "</div>")
-    if len(mine) > len(shown):
-        parts.append(f'<p class="note">{len(mine) - len(shown)} more in {html.escape(folder)}/.</p>')
-    if other:
-        parts.append(
-            f"<details><summary>{len(other)} picture(s) of other neurons</summary><div>"
-            + "".join(_figure(p, p.stem, cls) for p in other[:MAX_IMAGES])
-            + "</div></details>"
-        )
-    return "".join(parts)
-
-
-def _firing_frequencies(exp: Path, summary: dict) -> np.ndarray | None:
-    """Fraction of patches each neuron fires on, from the experiment's sparse codes."""
-    import h5py
-
-    from sae1n.neurons.inputs import code_files
-
-    feat = summary.get("feature_dir")
-    root = Path(feat) if feat and Path(feat).is_dir() else None
-    if root is None:
-        cands = sorted(p.parent for p in (exp / "encoded_features").glob("*/*/sparse_files"))
-        root = cands[0] if cands else None
-    if root is None or not (root / "sparse_files").is_dir():
-        return None
-    counts = None
-    n = 0
-    try:
-        for path in code_files(root, "sparse").values():
-            with h5py.File(path, "r") as f:
-                d = int(f.attrs["dict_size"])
-                idx = np.asarray(f["indices"][()])
-                val = np.asarray(f["values"][()])
-                n += int(f["indptr"].shape[0]) - 1
-            c = np.bincount(idx[val > 0], minlength=d)
-            counts = c if counts is None else counts + c
-    except Exception as exc:  # a damaged file must not break the page
-        log.warning("report: firing frequencies not computed (%s)", exc)
-        return None
-    return None if counts is None or n == 0 else counts / n
-
-
-def _section_health(exp: Path, summary: dict, cfg: dict | None) -> str:
-    """FVU, dead and dense fractions (last logged values), firing-frequency histogram."""
-    from sae1n.viz.curves import read_training_log
-
-    parts = ["<h2>SAE health</h2>"]
-    logdf = read_training_log(exp / "logs" / "metrics.csv")
-    vals = {}
-    if logdf is not None:
-        for label, cands in (
-            ("FVU (fraction of variance unexplained)", ("val_fvu", "fvu", "train_fvu")),
-            ("dead fraction", ("val_dead_frac", "dead_frac", "dead_fraction", "val_dead_frac_train")),
-            ("dense fraction", ("val_dense_frac", "dense_frac", "dense_fraction")),
-            ("L0 (active neurons per patch)", ("val_l0_norm", "train_l0_norm", "l0", "l0_norm")),
-        ):
-            for c in cands:
-                if c in logdf.columns:
-                    v = pd.to_numeric(logdf[c], errors="coerce").dropna()
-                    if len(v):
-                        vals[label] = float(v.iloc[-1])
-                        break
-    freq = _firing_frequencies(exp, summary)
-    dense_at = 0.1
-    if isinstance(cfg, dict):
-        dense_at = float((cfg.get("training") or {}).get("dense_latent_freq") or cfg.get("dense_latent_freq") or 0.1)
-    if freq is not None:
-        vals["neurons"] = int(freq.size)
-        vals["never fire on the encoded patches"] = f"{int((freq == 0).sum())} ({100 * float((freq == 0).mean()):.1f}%)"
-        vals[f"fire on more than {dense_at:g} of patches"] = f"{int((freq > dense_at).sum())} ({100 * float((freq > dense_at).mean()):.1f}%)"
-    if not vals:
-        parts.append('<p class="note">No training log (logs/metrics.csv) or sparse codes yet.</p>')
-        return "".join(parts)
-    parts.append(_kv_table(vals))
-    if freq is not None:
-        png = _render_to_bytes(lambda p: _plot_firing_histogram(freq, dense_at, p))
-        if png is not None:
-            parts.append(_figure(png, "Firing frequency of every neuron over the encoded patches (log scale; dead neurons at the left edge)", "curves"))
-    return "".join(parts)
-
-
-def _plot_firing_histogram(freq: np.ndarray, dense_at: float, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    from sae1n.viz.curves import save_figure
-
-    n = max(int(freq.size), 1)
-    floor = 0.5 / max(n * 1000, 1)
-    x = np.log10(np.maximum(freq, floor))
-    fig = Figure(figsize=(6, 2.8), dpi=110, layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
-    ax.hist(x, bins=50, color="#3b6ea8")
-    ax.axvline(np.log10(dense_at), color="#c33", lw=1, ls="--", label=f"dense ({dense_at:g})")
-    ax.set_xlabel("log10 firing frequency (fraction of patches)", fontsize=8)
-    ax.set_ylabel("neurons", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
-
-
-def _section_training(exp: Path) -> str:
-    from sae1n.viz.curves import plot_training_curves, read_training_log, training_metric_columns
-
-    parts = ["<h2>SAE training</h2>"]
-    logdf = read_training_log(exp / "logs" / "metrics.csv")
-    if logdf is None:
-        parts.append('<p class="note">No training log (logs/metrics.csv).</p>')
-        return "".join(parts)
-    buf_path = _render_to_bytes(lambda p: plot_training_curves(logdf, p))
-    if buf_path is not None:
-        parts.append(_figure(buf_path, f"Training curves (logs/metrics.csv, {len(logdf)} logged points)", "curves"))
-    if len(logdf) < 5:
-        parts.append(
-            f'<p class="note">Only {len(logdf)} logged point(s): lower <code>training.validation_freq</code> '
-            "(steps between logged validations) for denser curves.</p>"
-        )
-    x, metrics = training_metric_columns(logdf)
-    last = {}
-    for c in ([x] if x else []) + metrics:
-        vals = pd.to_numeric(logdf[c], errors="coerce").dropna()
-        if len(vals):
-            last[c] = float(vals.iloc[-1]) if c != x else int(vals.iloc[-1])
-    if last:
-        parts.append("<details><summary>Last logged values</summary>" + _kv_table(last) + "</details>")
-    return "".join(parts)
-
-
-def _section_config(exp: Path, cfg: dict | None) -> str:
-    if not isinstance(cfg, dict):
-        return ""
-    flat = _flatten(cfg)
-    return (
-        "<h2>Configuration</h2><details><summary>"
-        f"{len(flat)} settings of the best checkpoint (checkpoints/config_best.json)</summary>"
-        + _kv_table(flat)
-        + "</details>"
-    )
-
-
-def _render_to_bytes(plot) -> bytes | None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "fig.png"
-        out = plot(p)
-        return p.read_bytes() if out is not None and p.is_file() else None
-
-
-def _section_ranking(exp: Path, names: pd.DataFrame | None, notes: dict) -> tuple[str, int | None]:
-    from sae1n.neurons.ranking import RANK_CORRELATION_CSV, SUMMARY_JSON, T_TEST_CSV
-
-    analysis = exp / "analysis"
-    summary = _read_json(analysis / SUMMARY_JSON) if (analysis / SUMMARY_JSON).is_file() else None
-    primary = (summary or {}).get("primary_csv") or T_TEST_CSV
-    path = analysis / primary
-    if not path.is_file():
-        for cand in (T_TEST_CSV, RANK_CORRELATION_CSV):
-            if (analysis / cand).is_file():
-                path = analysis / cand
-                break
-    parts = ["<h2>Neuron ranking</h2>"]
-    if not path.is_file():
-        parts.append('<p class="note">No ranking yet (run <code>sae1n analyze-sae</code>).</p>')
-        return "".join(parts), None
-    df = _read_csv(path)
-    if df is None or df.empty or "unit_id" not in df.columns:
-        parts.append(f'<p class="missing">Ranking {html.escape(path.name)} could not be read.</p>')
-        return "".join(parts), None
-    if summary:
-        keep = {
-            k: summary[k]
-            for k in ("pooling", "n_slides", "n_tumor", "n_normal", "num_features", "split_csv_path", "grade_column")
-            if summary.get(k) is not None
-        }
-        parts.append(_kv_table(keep))
-    top = df.head(RANKING_ROWS).copy()
-    if notes:
-        top.insert(1, "name", [str((notes.get(int(u)) or {}).get("name") or "") for u in top["unit_id"]])
-    if names is not None:
-        top = top.merge(
-            names[["unit_id", "name", "cosine"]].rename(columns={"name": "prompt_name", "cosine": "prompt_cosine"}),
-            on="unit_id",
-            how="left",
-        )
-    parts.append(f"<p>{html.escape(path.name)}: top {len(top)} of {len(df)} neurons (rank 1 first).</p>")
-    parts.append(_table(top))
-    return "".join(parts), int(df["unit_id"].iloc[0])
-
-
-def _section_notes(notes: dict) -> str:
-    named = {u: n for u, n in notes.items() if (n or {}).get("name") or (n or {}).get("text")}
-    if not named:
-        return ""
-    rows = pd.DataFrame(
-        [
-            {"unit_id": u, "name": n.get("name", ""), "rating": n.get("rating"), "tags": ", ".join(n.get("tags") or []), "notes": n.get("text", "")}
-            for u, n in sorted(named.items())
-        ]
-    )
-    return "<h2>Neuron names (sae1n browse)</h2>" + _table(rows)
-
-
-def _section_names(names: pd.DataFrame | None, chosen: int | None) -> str:
-    if names is None:
-        return ""
-    parts = [
-        "<h2>Prompt names (CLIP text tower)</h2>",
-        "<p class=\"note\">Cosine of each neuron's decoder direction with text-prompt embeddings; meaningful only with the encoder's real weights.</p>",
-    ]
-    if chosen is not None and (names["unit_id"] == chosen).any():
-        parts.append(
-            f"<p>Chosen neuron {chosen}: <b>{html.escape(str(names.loc[names['unit_id'] == chosen, 'name'].iloc[0]))}</b></p>"
-        )
-    parts.append(_table(names.head(RANKING_ROWS)))
-    return "".join(parts)
 
 
 # ----------------------------------------------------------------------------- public
@@ -503,7 +96,7 @@ def report(
     from sae1n.io.neuron_notes import read_notes
     from sae1n.io.provenance import Provenance, check_output, write_sidecar
     from sae1n.neurons.naming import NAMES_CSV
-    from sae1n.neurons.ranking import SUMMARY_JSON
+    from sae1n.neurons.ranking_csv import SUMMARY_JSON
 
     exp = Path(exp_dir)
     if not exp.is_dir():
@@ -523,31 +116,31 @@ def report(
         log.warning("report: neuron notes not shown (%s)", exc)
         notes = {}
     names_path = exp / "analysis" / NAMES_CSV
-    names = _read_csv(names_path) if names_path.is_file() else None
+    names = read_csv_or_none(names_path) if names_path.is_file() else None
     if names is not None and not {"unit_id", "name", "cosine"} <= set(names.columns):
         names = None
-    summary = _read_json(exp / "analysis" / SUMMARY_JSON) if (exp / "analysis" / SUMMARY_JSON).is_file() else None
+    summary = read_json_or_none(exp / "analysis" / SUMMARY_JSON) if (exp / "analysis" / SUMMARY_JSON).is_file() else None
     summary = summary if isinstance(summary, dict) else {}
     cfg_path = exp / "checkpoints" / "config_best.json"
-    cfg = _read_json(cfg_path) if cfg_path.is_file() else None
-    ranking_html, top_unit = _section_ranking(exp, names, notes)
-    answer_html, chosen = _section_answer(exp, None, top_unit, notes, names)
+    cfg = read_json_or_none(cfg_path) if cfg_path.is_file() else None
+    ranking_html, top_unit = section_ranking(exp, names, notes)
+    answer_html, chosen = section_answer(exp, None, top_unit, notes, names)
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="note">Experiment folder: {html.escape(str(exp))}</p>',
         answer_html,
-        _section_images(exp, HEATMAP_DIR, "Heatmaps", "No heatmaps yet (run <code>sae1n heatmap</code>).", "heatmap", chosen),
-        _section_images(exp, GALLERY_DIR, "Top-activating patches", "No galleries yet (run <code>sae1n heatmap --gallery N</code>).", "gallery", chosen),
-        _section_health(exp, summary, cfg),
+        section_images(exp, HEATMAP_DIR, "Heatmaps", "No heatmaps yet (run <code>sae1n heatmap</code>).", "heatmap", chosen),
+        section_images(exp, GALLERY_DIR, "Top-activating patches", "No galleries yet (run <code>sae1n heatmap --gallery N</code>).", "gallery", chosen),
+        section_health(exp, summary, cfg),
         ranking_html,
-        _section_notes(notes),
-        _section_names(names, chosen),
-        _section_training(exp),
-        _section_config(exp, cfg),
+        section_notes(notes),
+        section_names(names, chosen),
+        section_training(exp),
+        section_config(exp, cfg),
     ]
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body>"
         + "\n".join(b for b in body if b)
         + "</body></html>\n"
     )

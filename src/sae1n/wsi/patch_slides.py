@@ -8,6 +8,10 @@ per slide in ``process_list_autogen.csv`` (CLAM's columns plus ``reason``,
 ``n_contours``, ``n_patches``, ``level0_mpp``). A slide that fails is recorded
 with its reason and the batch goes on. Slides whose patch file exists are
 skipped unless ``auto_skip=False``.
+
+The process list (columns, statuses, reading, summary) is in
+:mod:`sae1n.wsi.process_list`, the per-slide outputs and their provenance in
+:mod:`sae1n.wsi.patch_outputs`.
 """
 
 from __future__ import annotations
@@ -21,120 +25,42 @@ import numpy as np
 import pandas as pd
 
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
+from sae1n.wsi.patch_outputs import (
+    PATCH_SCHEMA,
+    existing_patch_count,
+    output_readable,
+    slide_outputs,
+)
 from sae1n.wsi.presets import SlideParams, load_preset
-from sae1n.wsi.slide import SLIDE_EXTENSIONS
+from sae1n.wsi.process_list import (
+    ALREADY_EXIST,
+    BUSY,
+    EXTRA_COLUMNS,
+    FAILED,
+    FAILED_SEG,
+    NO_TISSUE,
+    PARAM_COLUMNS,
+    PROCESS_LIST_NAME,
+    PROCESSED,
+    TO_BE_PROCESSED,
+    WORK_STATUSES,
+    initialize_process_list,
+    list_slides,
+    read_process_list,
+    set_cells,
+    summarize,
+)
+
+__all__ = [
+    "ALREADY_EXIST", "BUSY", "EXTRA_COLUMNS", "FAILED", "FAILED_SEG", "MAX_SEG_PIXELS", "NO_TISSUE",
+    "PARAM_COLUMNS", "PATCH_SCHEMA", "PROCESSED", "PROCESS_LIST_NAME", "TO_BE_PROCESSED",
+    "WORK_STATUSES", "create_patches", "existing_patch_count", "initialize_process_list",
+    "list_slides", "process_slide", "read_process_list", "slide_outputs", "summarize",
+]
 
 log = logging.getLogger(__name__)
 
-PROCESS_LIST_NAME = "process_list_autogen.csv"
 MAX_SEG_PIXELS = 1e8  # CLAM refuses to segment a level larger than this
-PROCESSED, ALREADY_EXIST, NO_TISSUE, FAILED_SEG, FAILED, TO_BE_PROCESSED = (
-    "processed",
-    "already_exist",
-    "no_tissue",
-    "failed_seg",
-    "failed",
-    "tbp",
-)
-PARAM_COLUMNS = (
-    "seg_level",
-    "sthresh",
-    "mthresh",
-    "close",
-    "use_otsu",
-    "keep_ids",
-    "exclude_ids",
-    "a_t",
-    "a_h",
-    "max_n_holes",
-    "vis_level",
-    "line_thickness",
-    "use_padding",
-    "contour_fn",
-)
-EXTRA_COLUMNS = ("reason", "n_contours", "n_patches", "level0_mpp")
-
-
-def list_slides(source: str | os.PathLike) -> list[str]:
-    """Slide file names in ``source`` (sorted), or the one file ``source`` names."""
-    source = Path(source)
-    if source.is_file():
-        return [source.name]
-    if not source.is_dir():
-        raise InputFileError(source, "slide folder not found", "check --source")
-    names = sorted(
-        p.name for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
-    )
-    if not names:
-        raise InputFileError(
-            source,
-            f"no slide files ({', '.join(SLIDE_EXTENSIONS)}) in this folder",
-            "check --source",
-        )
-    return names
-
-
-def initialize_process_list(slides, defaults: SlideParams) -> pd.DataFrame:
-    """CLAM's process list: given slide names, or a DataFrame with a
-    ``slide_id`` column whose missing parameter columns/cells take ``defaults``."""
-    default_row = defaults.as_row()
-    if isinstance(slides, pd.DataFrame):
-        df = slides.copy()
-        if "slide_id" not in df.columns:
-            raise ConfigError(
-                "the process list needs a 'slide_id' column (slide file names, e.g. slide_1.svs)"
-            )
-        df["slide_id"] = df["slide_id"].astype(str)
-    else:
-        df = pd.DataFrame({"slide_id": [str(s) for s in slides]})
-    n = len(df)
-    fill = {"process": 1, "status": TO_BE_PROCESSED, **default_row}
-    for key, value in fill.items():
-        if key not in df.columns:
-            df[key] = [value] * n
-        else:
-            missing = df[key].isna()
-            if missing.any():
-                df[key] = df[key].astype(object)
-                df.loc[missing, key] = value
-    for key in EXTRA_COLUMNS:
-        if key not in df.columns:
-            df[key] = [""] * n if key == "reason" else [np.nan] * n
-    for key in ("n_contours", "n_patches"):
-        df[key] = pd.to_numeric(df[key], errors="coerce").astype("Int64")
-    df["reason"] = df["reason"].fillna("").astype(object)
-    df["status"] = df["status"].astype(object)
-    return df
-
-
-def read_process_list(
-    path: str | os.PathLike, save_dir: str | os.PathLike | None = None
-) -> pd.DataFrame:
-    """Read a process list CSV (given path, else relative to ``save_dir`` as CLAM does)."""
-    p = Path(path)
-    if not p.is_file() and save_dir is not None and (Path(save_dir) / p).is_file():
-        p = Path(save_dir) / p
-    from sae1n.io.tables import read_csv
-
-    if not p.is_file():
-        raise InputFileError(
-            p, "process list not found", "give the CSV path (or a name inside --save_dir)"
-        )
-    return read_csv(p, "process list", "use the format of process_list_autogen.csv", strings=False)
-
-
-def existing_patch_count(path: Path) -> int | None:
-    """Number of patches in ``path`` if it is a readable patch file, else None (resume check)."""
-    from sae1n.wsi.patch_files import read_patch_file
-
-    if not path.is_file():
-        return None
-    try:
-        coords, _ = read_patch_file(path)
-    except InputFileError as exc:
-        log.warning("%s; it will be recreated", exc)
-        return None
-    return len(coords)
 
 
 def process_slide(
@@ -283,60 +209,6 @@ def process_slide(
     return row
 
 
-PATCH_SCHEMA = 1
-BUSY = "busy"  # another process holds the slide's lock
-WORK_STATUSES = (PROCESSED, NO_TISSUE, FAILED_SEG, FAILED)
-# per-slide parameters that only change the drawings, not the segmentation or the grid
-_DRAWING_PARAMS = ("vis_level", "line_thickness")
-
-
-def slide_outputs(
-    save_dir: str | os.PathLike,
-    slide_path: str | os.PathLike,
-    params: SlideParams,
-    options: dict,
-) -> dict[Path, object]:
-    """The outputs one slide will have and the provenance record each carries.
-
-    ``options`` holds the run's ``patch_size, step_size, patch_level,
-    target_mpp, magnification, seg, patch, stitch, save_mask, save_geojson``.
-    Each record names only what shapes that output: the tissue GeoJSON the
-    segmentation parameters, the coordinates also the grid options, masks
-    and stitches also the drawing parameters."""
-    from sae1n.io.provenance import Provenance
-
-    save_dir, slide_path = Path(save_dir), Path(slide_path)
-    sid = slide_path.stem
-    row = params.as_row()
-    seg_settings = {"seg": bool(options["seg"]), **{k: v for k, v in row.items() if k not in _DRAWING_PARAMS}}
-    grid = {k: options[k] for k in ("patch_size", "step_size", "patch_level", "target_mpp", "magnification")}
-    draw = {k: row[k] for k in _DRAWING_PARAMS}
-    inputs = {"slide": slide_path}
-    out: dict[Path, object] = {}
-    if options["patch"]:
-        out[save_dir / "patches" / f"{sid}.h5"] = Provenance.make(
-            "patch_coords", PATCH_SCHEMA, {**seg_settings, **grid}, inputs
-        )
-        if options["stitch"]:
-            out[save_dir / "stitches" / f"{sid}.jpg"] = Provenance.make(
-                "patch_stitch", PATCH_SCHEMA, {**seg_settings, **grid}, inputs
-            )
-    if options["save_mask"]:
-        out[save_dir / "masks" / f"{sid}.jpg"] = Provenance.make(
-            "tissue_mask", PATCH_SCHEMA, {**seg_settings, **draw}, inputs
-        )
-    if options["seg"] and options["save_geojson"]:
-        out[save_dir / "geojson" / f"{sid}.geojson"] = Provenance.make(
-            "tissue_geojson", PATCH_SCHEMA, seg_settings, inputs
-        )
-    return out
-
-
-def _readable(path: Path) -> bool:
-    """Whether an existing output holds anything worth keeping (a broken h5 is redone)."""
-    if path.suffix == ".h5":
-        return existing_patch_count(path) is not None
-    return path.stat().st_size > 0
 
 
 def create_patches(
@@ -426,7 +298,7 @@ def create_patches(
     if auto_skip:
         expected = {p: prov for _, outs in planned.values() for p, prov in outs.items()}
         expected[out_csv] = list_prov
-        _, cur = plan_outputs(expected, overwrite=overwrite, valid=_readable)
+        _, cur = plan_outputs(expected, overwrite=overwrite, valid=output_readable)
         current = set(cur)
     remove_stale_temp_files(save_dir)
     if not list_prov.matches(_read_prov(out_csv)):
@@ -450,10 +322,10 @@ def create_patches(
                 continue
             with item_lock(save_dir, slide_id) as mine:
                 if not mine:
-                    _set(df, idx, status=BUSY, reason="another process is working on this slide")
+                    set_cells(df, idx, status=BUSY, reason="another process is working on this slide")
                     continue
                 if auto_skip and outs and all(
-                    is_current(p, prov) and _readable(p) for p, prov in outs.items()
+                    is_current(p, prov) and output_readable(p) for p, prov in outs.items()
                 ):
                     # another process finished it since the plan
                     _set_existing(df, idx, save_dir / "patches" / f"{slide_id}.h5", patch)
@@ -495,7 +367,7 @@ def create_patches(
                 done_here.append(str(name))
             if row["status"] in (FAILED, FAILED_SEG):
                 log.warning("%s: %s: %s", name, row["status"], row["reason"])
-            _set(df, idx, **row)
+            set_cells(df, idx, **row)
     except Exception as exc:  # a full disk anywhere (locks, outputs, the list): one error
         if is_disk_error(exc):
             raise disk_error(save_dir, exc) from None
@@ -517,7 +389,7 @@ def _read_prov(path: Path):
 
 def _set_existing(df, idx, h5: Path, patch: bool) -> None:
     n = existing_patch_count(h5) if patch else None
-    _set(
+    set_cells(
         df,
         idx,
         status=ALREADY_EXIST,
@@ -545,28 +417,3 @@ def _check_options(patch_size, step_size, patch_level, target_mpp, magnification
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-def _set(df: pd.DataFrame, idx, **values) -> None:
-    for key, value in values.items():
-        if key not in df.columns:
-            df[key] = np.nan
-        if isinstance(value, str) and df[key].dtype != object:
-            df[key] = df[key].astype(object)
-        df.at[idx, key] = value
-
-
-def summarize(df: pd.DataFrame) -> tuple[str, bool]:
-    """A short text summary of a process list, and whether every slide run failed."""
-    counts = df["status"].value_counts()
-    done = df["status"].isin([PROCESSED, ALREADY_EXIST])
-    n_patches = pd.to_numeric(df.loc[done, "n_patches"], errors="coerce").fillna(0).sum()
-    lines = [
-        f"{len(df)} slide(s): "
-        + ", ".join(f"{k} {v}" for k, v in counts.items())
-        + f"; {int(n_patches)} patches in patches/"
-    ]
-    failed = df[df["status"].isin([FAILED, FAILED_SEG, NO_TISSUE])]
-    for _, r in failed.iterrows():
-        lines.append(f"  {r['slide_id']}: {r['status']}: {r['reason']}")
-    ran = df[df["status"] != TO_BE_PROCESSED]
-    all_failed = len(ran) > 0 and bool(ran["status"].isin([FAILED, FAILED_SEG]).all())
-    return "\n".join(lines), all_failed
