@@ -89,7 +89,7 @@ def _hierarchical(n=3000, d=24, seed=0):
 def test_each_prefix_reconstructs_and_coarse_features_land_first():
     from omegaconf import OmegaConf
 
-    from sae1n.sae.trainer import make_optimizer, train_step
+    from sae1n.sae.step import make_optimizer, train_step
 
     x, coarse = _hierarchical()
     torch.manual_seed(0)

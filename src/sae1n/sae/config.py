@@ -33,7 +33,9 @@ class SAEDataSettings:
         "../features/camelyon16/clam_processed/features_conch_v1/",
         "folder of per-slide feature files (CLAM h5_files/pt_files, or the files themselves)",
     )
-    file_type: str = setting("pt", "pt or h5 (falls back to the other when absent)", choices=("pt", "h5"))
+    file_type: str | None = setting(
+        "pt", "pt or h5 (falls back to the other when absent; null: whichever is there)", choices=("pt", "h5")
+    )
     h5_dataset_name: str = setting("features", "h5 dataset to read (features and feats are both read)")
     num_batches_in_buffer: int = setting(128, _UNUSED)
     num_workers: int = setting(8, _UNUSED)

@@ -18,13 +18,8 @@ from sae1n import distributed as dist
 from sae1n.errors import ConfigError, Sae1nError
 from sae1n.sae.config import check_sae_config
 from sae1n.sae.data import TrainingData, batch_rows, epoch_permutation, prepare_data
-from sae1n.sae.trainer import (
-    RESUME_FILE,
-    SAETrainer,
-    default_threads,
-    make_optimizer,
-    train_step,
-)
+from sae1n.sae.step import default_threads, make_optimizer, train_step
+from sae1n.sae.trainer import RESUME_FILE, SAETrainer
 from sae1n.utils import resolve_device
 
 __all__ = [

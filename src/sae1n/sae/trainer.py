@@ -28,8 +28,7 @@ Every checkpoint carries a provenance record (:mod:`sae1n.io.provenance`):
 the settings that shape the model and the identity of the packed store and
 split; resuming with other settings or other data is refused.
 
-(One coherent thing over ~450 lines: the step, the run state and the loop
-that drives them; data, loggers and the other processes live apart.)
+The step is :mod:`sae1n.sae.step`, one SAE's state :mod:`sae1n.sae.runs`.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,200 +51,32 @@ from sae1n import distributed as dist
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import Provenance, atomic_path
 from sae1n.sae import metrics as sae_metrics
-from sae1n.sae.checkpoints import load_state_into, save_sae, write_paper_pt
+from sae1n.sae.checkpoints import load_state_into
 from sae1n.sae.config import (
-    SAERunConfig,
     check_sae_config,
     expand_sweep,
     experiment_dir,
-    resume_settings,
     run_dir,
-    training_settings,
 )
-from sae1n.sae.data import Batches, TrainingData, prepare_data, use_prefetch_thread
-from sae1n.sae.distributed import StatsSync, make_sync
-from sae1n.sae.kernels import few_threads
+from sae1n.sae.data import Batches, prepare_data, use_prefetch_thread
+from sae1n.sae.distributed import make_sync
 from sae1n.sae.loggers import MetricsLog, warn_if_dead
-from sae1n.sae.models import BaseSAE, SAEConfig, build_sae
+from sae1n.sae.models import build_sae
+from sae1n.sae.runs import (
+    Run,
+    check_act_size,
+    resolved_config,
+    run_provenance,
+)
+from sae1n.sae.step import TrainSums, make_optimizer, train_step
 from sae1n.utils import progress, seed_everything
 
 log = logging.getLogger("sae1n.sae.train")
 
 RESUME_FILE = "resume_state.pt"
 _RESUME_FORMAT = 2
-CHECKPOINT_KIND = "sae-checkpoint"
-CHECKPOINT_SCHEMA = 1
 # rows of the train set whose mean initialises b_dec (sae.b_dec_init=mean)
 B_DEC_INIT_ROWS = 65536
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def train_step(
-    model: BaseSAE,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    max_grad_norm: float,
-    *,
-    after_backward: Callable[[BaseSAE], None] | None = None,
-) -> dict:
-    """One optimisation step: loss (statistics update inside the forward),
-    backward, optional hook (e.g. a gradient all-reduce), clipping, removal of
-    the decoder-parallel gradient, optimiser step, decoder renormalisation."""
-    model.train()
-    out = model(x)
-    out["loss"].backward()
-    if after_backward is not None:
-        after_backward(model)
-    with few_threads(enabled=not x.is_cuda):
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        model.remove_parallel_decoder_grad()
-        optimizer.step()
-        model.normalize_decoder()
-        optimizer.zero_grad(set_to_none=True)
-    return out
-
-
-def make_optimizer(model: BaseSAE, training) -> torch.optim.Optimizer:
-    """Adam with the configured lr and betas (fused kernel where available);
-    ``training`` is :class:`SAETrainingSettings` or a mapping of ``training.*`` keys."""
-    training = training_settings(training)
-    kw = dict(lr=training.lr, betas=(training.beta1, training.beta2))
-    try:
-        return torch.optim.Adam(model.parameters(), fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), **kw)
-
-
-def default_threads(device: str) -> int:
-    """Compute threads when ``training.num_threads`` is unset: every core this
-    process may use on CPU (the batch loader is one extra thread that mostly
-    waits on memory); on CUDA torch's own default."""
-    if str(device).startswith("cuda"):
-        return torch.get_num_threads()
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# ----------------------------------------------------------------------------- one run
-
-
-class TrainSums:
-    """Running token-weighted sums of the training loss terms (kept on the
-    device: no synchronisation per step)."""
-
-    KEYS = ("loss", "l2_loss", "aux_loss", "l0_norm")
-
-    def __init__(self):
-        self.n = 0
-        self.sums: dict[str, torch.Tensor] = {}
-
-    def add(self, out: dict) -> None:
-        b = out["x_in"].shape[0]
-        self.n += b
-        for k in self.KEYS:
-            v = out[k].detach() * b
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-
-    def reduce(self, sync: StatsSync) -> None:
-        """Add the sums of every process."""
-        if not sync.distributed:
-            return
-        zero = torch.zeros((), dtype=torch.float64)
-        parts = sync.sum(
-            [torch.tensor(float(self.n), dtype=torch.float64)]
-            + [self.sums.get(k, zero) for k in self.KEYS]
-        )
-        self.n = int(round(float(parts[0])))
-        self.sums = {k: v for k, v in zip(self.KEYS, parts[1:])} if self.n else {}
-
-    def result(self) -> dict[str, float]:
-        return {k: float(v) / self.n for k, v in self.sums.items()} if self.n else {}
-
-
-@dataclass
-class Run:
-    """One SAE being trained: its settings, model, optimiser and progress."""
-
-    tag: str | None
-    cfg: DictConfig
-    settings: SAERunConfig  # the typed view of ``cfg``
-    out_dir: Path
-    model: BaseSAE
-    optimizer: torch.optim.Optimizer
-    provenance: Provenance
-    logs: MetricsLog
-    step: int = 0
-    best_val: float = math.inf
-    best_step: int = -1
-    sums: TrainSums | None = None
-    last_out: dict | None = None
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-    @property
-    def label(self) -> str:
-        return self.tag or str(self.settings.exp_name)
-
-    @property
-    def plain_config(self) -> dict:
-        return OmegaConf.to_container(self.cfg, resolve=True)
-
-    @property
-    def paper_pt(self) -> bool:
-        return self.settings.checkpoint.paper_pt
-
-    def save(self, name: str, extra: dict) -> None:
-        """``checkpoints/sae_<name>.safetensors`` (+ config, + the paper's .pt)."""
-        path = self.ckpt_dir / f"sae_{name}.safetensors"
-        save_sae(self.model, path, config=self.plain_config, extra=extra, provenance=self.provenance)
-        if self.paper_pt:
-            write_paper_pt(path.with_suffix(".pt"), self.model.state_dict())
-
-
-def _resolved_config(cfg: DictConfig, dim: int) -> DictConfig:
-    cfg = cfg.copy()
-    sae = cfg.sae
-    if sae.get("act_size") is None:
-        sae.act_size = dim
-    sae_cfg = SAEConfig.from_mapping(OmegaConf.to_container(sae, resolve=True))
-    sae.dict_size = sae_cfg.dict_size
-    sae.model_type = sae_cfg.model_type
-    if sae_cfg.group_sizes is not None:
-        sae.group_sizes = list(sae_cfg.group_sizes)
-    cfg.data.feature_dir = str(Path(str(cfg.data.feature_dir)).resolve())
-    if cfg.data.get("split_csv_path"):
-        cfg.data.split_csv_path = str(Path(str(cfg.data.split_csv_path)).resolve())
-    return cfg
-
-
-def _check_act_size(cfg: DictConfig, data: TrainingData) -> None:
-    act = cfg.sae.get("act_size")
-    if act is not None and int(act) != data.dim:
-        first = data.paths[data.train_ids[0]]
-        raise InputFileError(
-            first,
-            f"feature dimension {data.dim} differs from sae.act_size={act}",
-            f"set sae.act_size={data.dim}, or point data.feature_dir to features of the intended encoder",
-        )
-
-
-def run_provenance(cfg: DictConfig, data: TrainingData) -> Provenance:
-    """The record of what makes this run's weights: the settings that shape
-    the model (seed, sae.*, training.* but the bookkeeping keys) and the
-    identity of its inputs (the packed store's fingerprint, the slides of each
-    split part, the split file's content)."""
-    inputs: dict = {"features": data.identity()}
-    if data.split_path is not None:
-        inputs["split_csv"] = data.split_path
-    return Provenance.make(
-        CHECKPOINT_KIND, CHECKPOINT_SCHEMA, settings=resume_settings(cfg), inputs=inputs
-    )
 
 
 def _clear_outputs(out_dir: Path) -> None:
@@ -308,8 +138,8 @@ class SAETrainer:
         return steps_per_epoch, epochs * steps_per_epoch
 
     def build_run(self, tag: str | None, cfg: DictConfig) -> Run:
-        _check_act_size(cfg, self.data)
-        cfg = _resolved_config(cfg, self.data.dim)
+        check_act_size(cfg, self.data)
+        cfg = resolved_config(cfg, self.data.dim)
         settings = check_sae_config(cfg)
         seed_everything(settings.seed)
         model = build_sae(OmegaConf.to_container(cfg.sae, resolve=True)).to(self.device)
