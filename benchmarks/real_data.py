@@ -192,7 +192,7 @@ def cmd_uni_classes(args) -> None:
         per = []
         for run in runs:
             ev = class_eval(run, x, cls, c, root / c, run.name, sae_patches, ids, inputs)
-            per += [{"seed": run.name, **r} for r in [ev["chosen"], *ev["baselines"]]]
+            per += [{"seed": run.name, **r} for r in [ev.chosen, *ev.baselines]]
         df = pd.DataFrame(per)
         for (m, o), g in df.groupby(["method", "oracle"], sort=False):
             rows.append({"class": c, "method": m, "oracle": o, "n_seeds": len(g), **{k: float(g[k].mean()) for k in ("patch_auroc", "patch_ap", "f1", "slide_auroc")},
@@ -258,7 +258,7 @@ def cmd_camelyon_tiles(args) -> None:
         p.sae_exp, p.split_csv(0), p.encoded_dir, p.patch_label_dir, p.sae_root, top_n=0,
         dataset_csv=p.metadata_csv, mil_dir=mil, fold=0, input_feature_dir=p.feat_dir,
     )
-    rows = [ev["chosen"], *ev["baselines"]]
+    rows = [ev.chosen, *ev.baselines]
     text = "\n".join([
         f"### `sae1n demo --tiles {DIDSR}`{' --quick' if args.quick else ''} (mosaic slides of the same tiles), with the baselines",
         "",

@@ -55,7 +55,7 @@ def _png_array(data: bytes) -> np.ndarray:
 def test_browser_end_to_end(server):
     playwright = pytest.importorskip("playwright.sync_api")
     url, exp = server
-    unit_a = int(exp.evaluation.get("chosen_unit", exp.ranking()[0]["unit_id"]))
+    unit_a = int(exp.evaluation.chosen_unit if exp.evaluation is not None else exp.ranking()[0]["unit_id"])
     top = exp.neuron_summary(unit_a)["gallery"][0]
     sid, px, py, ps = top["slide_id"], top["x"], top["y"], top["patch_size"]
     # a neuron silent on that patch: its overlay there is transparent, A's is not

@@ -63,8 +63,8 @@ def _run(coh, kind, tmp_path, **kw):
 
 
 def _table(res):
-    rows = {r["method"]: r for r in res["baselines"]}
-    rows["sae_neuron"] = res["chosen"]
+    rows = {r["method"]: r for r in res.baselines}
+    rows["sae_neuron"] = res.chosen
     return rows
 
 
@@ -72,7 +72,7 @@ def test_planted_neuron_beats_every_baseline(cohort):
     res = _run(cohort, "spread", None)
     t = _table(res)
     assert set(t) == {"sae_neuron", "raw_dim", "pca", "random_sae", "linear_probe", "abmil_attention"}
-    assert res["chosen_unit"] == synth.TUMOR_UNIT and t["sae_neuron"]["patch_auroc"] > 0.98
+    assert res.chosen_unit == synth.TUMOR_UNIT and t["sae_neuron"]["patch_auroc"] > 0.98
     for m, r in t.items():
         if m != "sae_neuron":
             assert t["sae_neuron"]["patch_auroc"] > r["patch_auroc"] + 0.15, m

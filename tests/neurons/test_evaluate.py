@@ -34,8 +34,8 @@ def test_planted_neuron_selected_and_near_perfect(cohort):
         mil_dir=cohort.mil_dir,
         top_n=5,
     )
-    assert res["chosen_unit"] == synth.TUMOR_UNIT
-    c = res["chosen"]
+    assert res.chosen_unit == synth.TUMOR_UNIT
+    c = res.chosen
     assert c["rank"] == 1 and c["direction"] == "tumor"
     assert c["patch_auroc"] > 0.98 and c["patch_ap"] > 0.95
     assert c["f1"] > 0.9 and c["slide_auroc"] == 1.0
@@ -43,7 +43,7 @@ def test_planted_neuron_selected_and_near_perfect(cohort):
     # matched by coords: tumour slides' label files miss one patch each; normal
     # slides have no label file (all their patches count as normal)
     assert c["n_patches"] == 4 * (synth.GRID**2 - 1) + 4 * synth.GRID**2
-    assert res["baseline"]["patch_auroc"] > 0.6
+    assert res.baseline["patch_auroc"] > 0.6
     ev = cohort.out / "exp0" / "evaluation"
     table = pd.read_csv(ev / "patch_metrics.csv")
     assert (
@@ -51,7 +51,7 @@ def test_planted_neuron_selected_and_near_perfect(cohort):
         and "abmil_attention" in table["method"].tolist()
     )
     assert json.loads((ev / "patch_metrics.json").read_text())["chosen_unit"] == synth.TUMOR_UNIT
-    assert len(res["curves"]) == 2 and any("ABMIL" in name for name in res["curves"])
+    assert len(res.curves) == 2 and any("ABMIL" in name for name in res.curves)
     written = plot_patch_evaluation(res)
     for png in ("roc_curve.png", "pr_curve.png"):
         assert (ev / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -72,9 +72,9 @@ def test_random_neuron_is_near_chance(cohort, tmp_path):
         top_n=0,
         plots=False,
     )
-    assert res["chosen_unit"] == 2
-    assert abs(res["chosen"]["patch_auroc"] - 0.5) < 0.12
-    assert len(res["top_n"]) == 1
+    assert res.chosen_unit == 2
+    assert abs(res.chosen["patch_auroc"] - 0.5) < 0.12
+    assert len(res.top_n) == 1
 
 
 def test_normal_neuron_is_scored_negated(cohort, tmp_path):
@@ -90,8 +90,8 @@ def test_normal_neuron_is_scored_negated(cohort, tmp_path):
         top_n=0,
         plots=False,
     )
-    assert res["chosen"]["direction"] == "normal"
-    assert res["chosen"]["patch_auroc"] > 0.9
+    assert res.chosen["direction"] == "normal"
+    assert res.chosen["patch_auroc"] > 0.9
 
 
 def test_missing_labels_and_bad_options(cohort, tmp_path):

@@ -24,7 +24,7 @@ def _evaluate(exp_dir, b, out, exp_id, baselines=None):
     analyze_sae(exp_id, b.split_csv, enc, b.dataset_csv, out)
     res = evaluate_patches(exp_id, b.split_csv, enc, b.patch_label_dir, out, top_n=0, dataset_csv=b.dataset_csv,
                            input_feature_dir=b.feature_dir, baselines=baselines, plots=False)
-    return {r["method"]: r for r in [res["chosen"], *res["baselines"]]}
+    return {r["method"]: r for r in [res.chosen, *res.baselines]}
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,10 @@ def test_report_tolerates_sparse_and_odd_logs(tmp_path, capsys):
     assert "self-contained" in capsys.readouterr().out
     (exp / "logs" / "metrics.csv").write_text("garbage\x00\x01,\n\n")
     report(exp, overwrite=True)  # a damaged log is skipped, not fatal
+    (exp / "evaluation").mkdir()
+    (exp / "evaluation" / "patch_metrics.json").write_text("{damaged")
+    report(exp, overwrite=True)  # so is a damaged patch evaluation
+    assert "No neuron chosen yet" in (exp / "report.html").read_text()
     with pytest.raises(InputFileError, match="experiment folder not found"):
         report(tmp_path / "missing")
 

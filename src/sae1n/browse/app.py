@@ -109,7 +109,9 @@ def create_app(exp: Experiment, *, allowed_hosts: list[str] | None = None, warm_
                     }
                     for sid in exp.slide_ids
                 ],
-                "chosen_unit": exp.evaluation.get("chosen_unit", exp.summary.get("top_unit")),
+                "chosen_unit": (
+                    exp.evaluation.chosen_unit if exp.evaluation is not None else exp.summary.get("top_unit")
+                ),
                 "colormaps": list(COLORMAPS),
                 "default_cmap": DEFAULT_CMAP,
                 "tags": list(TAGS),

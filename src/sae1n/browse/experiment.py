@@ -21,6 +21,7 @@ import numpy as np
 
 from sae1n.browse.slide_data import LRU, SlideData
 from sae1n.errors import InputFileError
+from sae1n.neurons.patch_evaluation import PatchEvaluation, read_patch_evaluation
 
 __all__ = ["LRU", "PIPELINE_YAML", "Experiment", "SlideData", "open_experiment"]
 
@@ -52,6 +53,15 @@ def _read_json(path: Path) -> dict:
         return obj if isinstance(obj, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _read_evaluation(eval_dir: Path) -> PatchEvaluation | None:
+    """The patch evaluation of the experiment, or None (not run yet, or damaged:
+    the browser still opens)."""
+    try:
+        return read_patch_evaluation(eval_dir)
+    except InputFileError:
+        return None
 
 
 def _pipeline_config(exp: Path) -> dict:
@@ -105,8 +115,8 @@ class Experiment:
             )
         summary = _read_json(self.exp_dir / "analysis" / "sae_analysis_summary.json")
         self.summary = summary
-        self.evaluation = _read_json(self.exp_dir / "evaluation" / "patch_metrics.json")
-        ev_settings = self.evaluation.get("settings") or {}
+        self.evaluation = _read_evaluation(self.exp_dir / "evaluation")
+        ev_settings = self.evaluation.settings if self.evaluation is not None else {}
         pipe = _pipeline_config(self.exp_dir)
 
         fdir = _existing(feature_dir, summary.get("feature_dir"), ev_settings.get("feature_dir"))

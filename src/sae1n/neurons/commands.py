@@ -237,17 +237,17 @@ def run_evaluate_patches(args) -> int:
     from sae1n.viz.evaluation import plot_patch_evaluation
 
     plot_patch_evaluation(res)
-    c = res["chosen"]
+    c = res.chosen
 
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"
 
     print(
-        f"neuron {res['chosen_unit']}: patch AUROC {f(c['patch_auroc'])}, AP {f(c['patch_ap'])}, "
+        f"neuron {res.chosen_unit}: patch AUROC {f(c['patch_auroc'])}, AP {f(c['patch_ap'])}, "
         f"F1 {f(c['f1'])} (P {f(c['precision'])}, R {f(c['recall'])}) at val threshold {f(c['threshold'])}, "
         f"slide AUROC {f(c['slide_auroc'])} on {c['n_slides']} test slides"
     )
-    for b in res.get("baselines", []):
+    for b in res.baselines:
         name = b["method"] + (" (oracle)" if b["oracle"] else "")
         print(
             f"{name:>26}: patch AUROC {f(b['patch_auroc'])}, AP {f(b['patch_ap'])}, F1 {f(b['f1'])}, "

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sae1n.errors import ConfigError, InputFileError, Sae1nError
-from sae1n.io import Provenance, atomic_write_csv, atomic_write_json, feature_paths, write_sidecar
+from sae1n.io import Provenance, atomic_write_csv, feature_paths, write_sidecar
 from sae1n.neurons.baseline_inputs import fit_feature_baselines
 from sae1n.neurons.baselines import FEATURE_BASELINES
 from sae1n.neurons.inputs import (
@@ -34,6 +34,14 @@ from sae1n.neurons.inputs import (
     read_split_slides,
 )
 from sae1n.neurons.metrics import best_f1_threshold, patch_metrics, slide_auroc
+from sae1n.neurons.patch_evaluation import (
+    METRICS_CSV,
+    METRICS_JSON,
+    PR_PNG,
+    ROC_PNG,
+    PatchEvaluation,
+    write_patch_evaluation,
+)
 from sae1n.neurons.patch_scores import (
     DEFAULT_THRESHOLD,
     SplitScores,
@@ -45,16 +53,12 @@ from sae1n.neurons.pooling import check_pooling
 from sae1n.neurons.ranking_csv import ranking_csv_path, read_ranking
 
 __all__ = [  # evaluate_patches and the names it was split from, importable from here
-    "DEFAULT_THRESHOLD", "METRICS_CSV", "METRICS_JSON", "PR_PNG", "ROC_PNG", "SplitScores",
+    "DEFAULT_THRESHOLD", "METRICS_CSV", "METRICS_JSON", "PR_PNG", "ROC_PNG", "PatchEvaluation", "SplitScores",
     "best_f1_threshold", "evaluate_patches", "mil_method_name", "patch_metrics", "slide_auroc",
 ]
 
 log = logging.getLogger(__name__)
 
-METRICS_CSV = "patch_metrics.csv"
-METRICS_JSON = "patch_metrics.json"
-ROC_PNG = "roc_curve.png"
-PR_PNG = "pr_curve.png"
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -86,14 +90,14 @@ def evaluate_patches(
     sae_checkpoint: str | os.PathLike | None = None,
     baseline_seed: int = 0,
     n_components: int = 32,
-) -> dict:
+) -> PatchEvaluation:
     """Evaluate the chosen neuron (default: rank 1) and the top-N neurons on the
     split's test slides, with thresholds chosen on its val slides.
 
     Writes ``<output_dir>/<exp_id>/evaluation/patch_metrics.csv`` (one row per
-    method; columns ``method``, ``oracle``, ...) and ``.json``; returns the JSON
-    content plus ``curves`` (legend name -> (labels, scores) of every method),
-    which :func:`sae1n.viz.evaluation.plot_patch_evaluation` draws as the ROC
+    method; columns ``method``, ``oracle``, ...) and ``.json``; returns the
+    :class:`~sae1n.neurons.patch_evaluation.PatchEvaluation`, whose ``curves``
+    (legend name -> (labels, scores) of every method) :func:`sae1n.viz.evaluation.plot_patch_evaluation` draws as the ROC
     and PR figures (``plots=False``: the JSON lists no figures). A neuron whose
     ranking direction is ``normal`` (fires on normal tissue) is scored by its
     negated activation (its threshold is on that negated scale).
@@ -233,45 +237,47 @@ def evaluate_patches(
     table = pd.DataFrame(rows)[cols]
     eval_dir = Path(output_dir) / exp_id / "evaluation"
     atomic_write_csv(eval_dir / METRICS_CSV, table)
-    result = {
-        "exp_id": exp_id,
-        "chosen_unit": chosen,
-        "chosen": _clean(next(r for r in rows if r["chosen"])),
-        "top_n": [_clean(r) for r in rows if r["method"] == "sae_neuron"],
-        "baseline": next((_clean(r) for r in rows if r["method"] == "abmil_attention"), None),
-        "baselines": [_clean(r) for r in rows if r["method"] in extra],
-        "settings": {
-            "split_csv_path": str(split_csv_path),
-            "feature_dir": str(feature_dir),
-            "patch_label_dir": str(label_dir),
-            "ranking_csv": str(ranking_path) if ranking is not None else None,
-            "threshold": threshold,
-            "pooling": pooling,
-            "fold": k,
-            "mil_patch_scores": {m: str(d) for m, d in mil_dirs.items()},
-            "input_feature_dir": None if input_feature_dir is None else str(input_feature_dir),
-            "baseline_seed": baseline_seed,
-            "n_components": n_components,
-            "n_test_slides": len(test_scores.slide_ids),
-            "n_val_slides": len(val_scores.slide_ids),
-            "n_unmatched_test_patches": int(test_scores.n_unmatched),
-        },
-        "files": {"csv": METRICS_CSV},
-    }
+    files = {"csv": METRICS_CSV}
     if plots:  # drawn by sae1n.viz.evaluation.plot_patch_evaluation (neurons do not draw)
-        result["files"].update(roc=ROC_PNG, pr=PR_PNG)
-    atomic_write_json(eval_dir / METRICS_JSON, result)
+        files.update(roc=ROC_PNG, pr=PR_PNG)
+    settings = {
+        "split_csv_path": str(split_csv_path),
+        "feature_dir": str(feature_dir),
+        "patch_label_dir": str(label_dir),
+        "ranking_csv": str(ranking_path) if ranking is not None else None,
+        "threshold": threshold,
+        "pooling": pooling,
+        "fold": k,
+        "mil_patch_scores": {m: str(d) for m, d in mil_dirs.items()},
+        "input_feature_dir": None if input_feature_dir is None else str(input_feature_dir),
+        "baseline_seed": baseline_seed,
+        "n_components": n_components,
+        "n_test_slides": len(test_scores.slide_ids),
+        "n_val_slides": len(val_scores.slide_ids),
+        "n_unmatched_test_patches": int(test_scores.n_unmatched),
+    }
+    result = PatchEvaluation(
+        exp_id=exp_id,
+        chosen_unit=chosen,
+        chosen=_clean(next(r for r in rows if r["chosen"])),
+        top_n=[_clean(r) for r in rows if r["method"] == "sae_neuron"],
+        baseline=next((_clean(r) for r in rows if r["method"] == "abmil_attention"), None),
+        baselines=[_clean(r) for r in rows if r["method"] in extra],
+        settings=settings,
+        files=files,
+        eval_dir=eval_dir,
+        # curve data for the figures: legend name -> (labels, scores)
+        curves={_label_for(m, rank_of, direction, oracle): c for m, c in curves.items()},
+    )
+    write_patch_evaluation(result)
     prov = Provenance.make(
         "patch_metrics",
         1,
-        settings={k2: v for k2, v in result["settings"].items() if not k2.startswith("n_")} | {"chosen_unit": chosen, "top_n": top_n, "baselines": [b.method for b in fitted]},
+        settings={k2: v for k2, v in settings.items() if not k2.startswith("n_")} | {"chosen_unit": chosen, "top_n": top_n, "baselines": [b.method for b in fitted]},
         inputs={"split_csv": Path(split_csv_path), "ranking_csv": ranking_path if ranking is not None else None},
     )
     for name in (METRICS_CSV, METRICS_JSON):
         write_sidecar(eval_dir / name, prov)
-    # curve data for the figures (not part of the JSON): legend name -> (labels, scores)
-    result["curves"] = {_label_for(m, rank_of, direction, oracle): c for m, c in curves.items()}
-    result["eval_dir"] = str(eval_dir)
     return result
 
 

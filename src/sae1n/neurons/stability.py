@@ -161,12 +161,12 @@ def seed_stability(
             baseline_seed=s,
             n_components=n_components,
         )
-        unit = int(res["chosen_unit"])
+        unit = int(res.chosen_unit)
         w = load_sae(exp_dir, device="cpu").W_dec.detach().cpu().numpy()
         units.append(unit)
         chosen_dirs.append(w[unit])
         dictionaries.append(w)
-        for r in [res["chosen"], *res.get("baselines", [])]:
+        for r in [res.chosen, *res.baselines]:
             rows.append(
                 {
                     "seed": s,

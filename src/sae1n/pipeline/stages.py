@@ -266,9 +266,9 @@ class StageSteps:
         from sae1n.viz.evaluation import plot_patch_evaluation
 
         plot_patch_evaluation(result)
-        chosen = result["chosen"]
+        chosen = result.chosen
         return EvaluationInfo(
-            unit=int(result["chosen_unit"]),
+            unit=int(result.chosen_unit),
             **{k: _num(chosen.get(k)) for k in ("patch_auroc", "patch_ap", "slide_auroc", "f1")},
         )
 

@@ -41,18 +41,22 @@ def _unit_name(unit, notes: dict, names: pd.DataFrame | None) -> str:
 
 def section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[str, int | None]:
     """The chosen neuron, its patch metrics against every baseline, every evaluation figure."""
-    from sae1n.neurons.evaluate import METRICS_CSV, METRICS_JSON, PR_PNG, ROC_PNG
+    from sae1n.errors import InputFileError
+    from sae1n.neurons.patch_evaluation import METRICS_CSV, PR_PNG, ROC_PNG, read_patch_evaluation
 
     ev = exp / "evaluation"
-    res = read_json_or_none(ev / METRICS_JSON) if (ev / METRICS_JSON).is_file() else None
-    res = res if isinstance(res, dict) else {}
-    unit = res.get("chosen_unit", chosen if chosen is not None else top_unit)
+    try:
+        res = read_patch_evaluation(ev)
+    except InputFileError:  # not evaluated yet, or damaged: the report says what is missing
+        res = None
+    unit = res.chosen_unit if res is not None else (chosen if chosen is not None else top_unit)
     parts = ["<h2>The answer</h2>"]
     if unit is None:
         parts.append('<p class="note">No neuron chosen yet (run <code>sae1n analyze-sae</code> and <code>sae1n evaluate-patches</code>).</p>')
         return "".join(parts), None
     name = _unit_name(unit, notes, names)
-    c = res.get("chosen") or {}
+    c = res.chosen if res is not None else {}
+    baseline = res.baseline if res is not None else None
     head = f"Chosen neuron {format_cell(unit)}" + (f": <b>{html.escape(name)}</b>" if name else "")
     bits = [f"rank {format_cell(c.get('rank'))}" if c.get("rank") is not None else "", f"fires on {html.escape(str(c['direction']))}" if c.get("direction") else ""]
     parts.append(f'<p class="answer">{head} <span class="note">{", ".join(b for b in bits if b)}</span></p>')
@@ -66,8 +70,8 @@ def section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[str
         if "method" in table.columns:
             table["method"] = [f"{m} (oracle)" if o else str(m) for m, o in zip(table["method"], oracle)]
         has_baseline = "method" in table.columns and (table["method"].astype(str) != "sae_neuron").any()
-        if res.get("baseline") and not has_baseline:
-            b = {"method": "abmil_attention (baseline)", **{k: res["baseline"].get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}}
+        if baseline and not has_baseline:
+            b = {"method": "abmil_attention (baseline)", **{k: baseline.get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}}
             table = pd.concat([table, pd.DataFrame([b])], ignore_index=True)
             oracle = pd.concat([oracle, pd.Series([False])], ignore_index=True)
         chosen_mask = table["chosen"].map(is_truthy) if "chosen" in table.columns else pd.Series(False, index=table.index)
@@ -76,8 +80,8 @@ def section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[str
             '<p class="note">Highlighted: the chosen neuron. Rows marked <i>oracle</i> were chosen with the test labels: an upper bound, not a method.</p>'
             + table_html(table, chosen_mask, oracle.reset_index(drop=True))
         )
-    elif res.get("baseline"):
-        b = res["baseline"]
+    elif baseline:
+        b = baseline
         parts.append("<h3>ABMIL attention baseline</h3>" + key_value_table({k: b.get(k) for k in ("patch_auroc", "patch_ap", "precision", "recall", "f1", "slide_auroc")}))
     stability = sorted(ev.glob("*stability*.csv")) + sorted((exp / "analysis").glob("*stability*.csv"))
     for csv in stability:
@@ -91,7 +95,7 @@ def section_answer(exp: Path, chosen, top_unit, notes: dict, names) -> tuple[str
     figs += [figure_html(p, p.stem.replace("_", " ")) for p in extra]
     if figs:
         parts.append("<div>" + "".join(figs) + "</div>")
-    settings = res.get("settings") or {}
+    settings = res.settings if res is not None else {}
     if settings:
         parts.append("<details><summary>evaluation settings</summary>" + key_value_table(settings) + "</details>")
     return "".join(parts), int(unit)
