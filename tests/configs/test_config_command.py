@@ -28,3 +28,10 @@ def test_unknown_exp_is_a_clear_error(capsys):
     with pytest.raises(ConfigError):
         resolve_kind("nope", None)
     assert resolve_kind("demo_abmil", None) == "mil"
+
+
+def test_show_checks_the_config_as_training_would(capsys):
+    assert main(["config", "show", "exp=demo_maxmil", "model.gated=true"]) == 1
+    assert "model.gated does not apply to model.type=max_mil" in capsys.readouterr().err
+    assert main(["config", "show", "exp=demo", "sae.b_dec_init=average"]) == 1
+    assert "sae.b_dec_init must be zeros, mean or median, not 'average'" in capsys.readouterr().err

@@ -14,7 +14,8 @@ def configure_config(p: argparse.ArgumentParser) -> None:
         "List experiment configs (the exp= names of train-sae and train-mil) or print one\n"
         "fully resolved (its defaults: inherited and your key=value overrides applied).\n"
         "Reads ./experiments/<kind>/exp/, ./configs/<kind>/ and the shipped configs;\n"
-        "writes nothing. Every key is described in docs/config_keys.md."
+        "writes nothing. The config is checked as train-sae / train-mil check it (unknown\n"
+        "keys, types, choices). Every key is described in docs/config_keys.md."
     )
     p.add_argument("action", choices=("show", "list"), help="show: print one config; list: the exp names")
     p.add_argument("tokens", nargs="*", metavar="exp=NAME key=value", help="with show: the experiment and overrides")
@@ -50,6 +51,15 @@ def run_config(args: argparse.Namespace) -> int:
     exp, overrides = split_exp_args(args.tokens)
     if not exp:
         raise ConfigError("config show needs exp=NAME (see `sae1n config list`)")
-    cfg = load_experiment(resolve_kind(exp, args.kind), exp, overrides)
+    kind = resolve_kind(exp, args.kind)
+    if kind == "sae":
+        from sae1n.sae.config import load_sae_config
+
+        cfg = load_sae_config(exp, overrides)  # checked against the typed SAERunConfig
+    else:
+        from sae1n.mil.config import load_mil_config
+
+        load_mil_config(exp, overrides)  # checked against the typed MILRunConfig
+        cfg = load_experiment(kind, exp, overrides)
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     return 0
