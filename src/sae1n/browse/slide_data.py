@@ -56,7 +56,9 @@ class SlideData:
     codes: object  # scipy CSR matrix or dense (N, D) array
     attrs: dict = field(default_factory=dict)
     _csc: object = None
-    _order_x: np.ndarray | None = None
+    # (order by x, sorted x) of the patches, built on first use; one attribute
+    # so that another server thread never sees half of it
+    _x_index: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n(self) -> int:
@@ -87,12 +89,13 @@ class SlideData:
 
     def in_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
         """Indices of patches whose square meets the level-0 box [x0, x1) x [y0, y1)."""
-        if self._order_x is None:
-            self._order_x = np.argsort(self.coords[:, 0], kind="stable")
-            self._sorted_x = self.coords[self._order_x, 0]
-        lo = np.searchsorted(self._sorted_x, x0 - self.patch_size, side="right")
-        hi = np.searchsorted(self._sorted_x, x1, side="left")
-        idx = self._order_x[lo:hi]
+        if self._x_index is None:
+            order = np.argsort(self.coords[:, 0], kind="stable")
+            self._x_index = (order, np.asarray(self.coords[order, 0]))
+        order, sorted_x = self._x_index
+        lo = np.searchsorted(sorted_x, x0 - self.patch_size, side="right")
+        hi = np.searchsorted(sorted_x, x1, side="left")
+        idx = order[lo:hi]
         y = self.coords[idx, 1]
         return idx[(y > y0 - self.patch_size) & (y < y1)]
 
