@@ -170,7 +170,7 @@ def time_sae1n_read(slide_path, pc, encoder, batch_size, workers, backend="auto"
 
 
 def time_sae1n_extract(slide_path, pc, encoder, batch_size, workers, backend="auto"):
-    from sae1n.encoders.extract import encode_slide
+    from sae1n.encoders.slide_encoding import encode_slide
 
     with Timer() as t:
         encode_slide(
@@ -239,12 +239,7 @@ def main() -> None:
 
     from sae1n.encoders import get_encoder
     from sae1n.encoders.patches import PatchCoords
-    from sae1n.encoders.registry import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        OPENAI_CLIP_MEAN,
-        OPENAI_CLIP_STD,
-    )
+    from sae1n.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     slide_path = tmp / "bench.tif"

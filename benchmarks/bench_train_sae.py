@@ -140,7 +140,8 @@ def bench(args) -> dict:
         # taken out of the end-to-end figure), so both see the same machine load
         from sae1n.sae.config import expand_sweep
         from sae1n.sae.data import Batches
-        from sae1n.sae.trainer import SAETrainer, default_threads
+        from sae1n.sae.step import default_threads
+        from sae1n.sae.trainer import SAETrainer
 
         device = str(cfg.sae.device)
         if device == "auto":

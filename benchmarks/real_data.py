@@ -147,7 +147,7 @@ def _report(out: Path, title: str, command: str, res: dict, extra: str = "") -> 
 
 
 def cmd_uni(args) -> None:
-    from sae1n.datasets.bags import load_patch_features
+    from sae1n.datasets.patch_sources import load_patch_features
 
     x, cls, ids = load_patch_features(UNI / "features.npy", UNI / "labels.csv")
     out = Path(args.out or ("real_data_output/uni_paper" if args.paper_sae else "real_data_output/uni"))
@@ -177,7 +177,7 @@ def class_eval(exp_dir: Path, x, cls, positive: str, out: Path, exp_id: str, sae
 
 
 def cmd_uni_classes(args) -> None:
-    from sae1n.datasets.bags import load_patch_features
+    from sae1n.datasets.patch_sources import load_patch_features
 
     x, cls, ids = load_patch_features(UNI / "features.npy", UNI / "labels.csv")
     uni = Path(args.uni_out or "real_data_output/uni")
@@ -212,7 +212,7 @@ def cmd_uni_classes(args) -> None:
 
 
 def cmd_pcam(args) -> None:
-    from sae1n.datasets.bags import encode_tiles, list_tiles
+    from sae1n.datasets.patch_sources import encode_tiles, list_tiles
 
     out = Path(args.out or "real_data_output/pcam")
     t0 = time.perf_counter()
@@ -229,7 +229,7 @@ def cmd_pcam(args) -> None:
 
 
 def cmd_camelyon_tiles(args) -> None:
-    from sae1n.datasets.bags import encode_tiles, list_tiles
+    from sae1n.datasets.patch_sources import encode_tiles, list_tiles
 
     out = Path(args.out or "real_data_output/camelyon_tiles")
     files, cls = list_tiles(DIDSR)

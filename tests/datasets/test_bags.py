@@ -99,7 +99,7 @@ def test_cli_features_and_tiles(tmp_path, capsys):
 
 
 def test_clam_folder_input(tmp_path):
-    from sae1n.datasets.bags import load_clam_folder
+    from sae1n.datasets.patch_sources import load_clam_folder
     from sae1n.errors import InputFileError
     from sae1n.io import write_bag
 

@@ -3,7 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae1n.demo.cohort import REFERENCE_COLUMNS, generate_cohort, load_tiles, render_mosaic
+from sae1n.demo.cohort import generate_cohort
+from sae1n.demo.cohort_files import REFERENCE_COLUMNS
+from sae1n.demo.mosaic import load_tiles, render_mosaic
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.wsi.slide import open_slide
 

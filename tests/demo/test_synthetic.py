@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from skimage.color import rgb2hed
 
-from sae1n.datasets.annotations import write_asap_xml
-from sae1n.demo.synthetic import CLASS_NAMES, generate_slide, render_slide, write_corrupt_slide
+from sae1n.datasets.asap_writer import write_asap_xml
+from sae1n.demo.paint_tools import CLASS_NAMES
+from sae1n.demo.synthetic import generate_slide, render_slide, write_corrupt_slide
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.wsi.slide import open_slide
 from sae1n.wsi.writers import write_pyramidal_tiff

@@ -128,7 +128,7 @@ def _select(rank, pre_all, k, oversample, sync_free):
 
 @pytest.mark.parametrize("sync_free", [False, True])
 def test_global_batch_topk_selects_what_one_process_selects(tmp_path, sync_free):
-    from sae1n.sae.kernels import batch_topk_codes
+    from sae1n.sae.sparse_codes import batch_topk_codes
 
     gen = torch.Generator().manual_seed(3)
     pre = torch.randn(37, 50, generator=gen)

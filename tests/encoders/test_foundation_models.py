@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sae1n.encoders import encoder_spec, get_encoder
-from sae1n.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from sae1n.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from sae1n.errors import InputFileError
 
 _TINY_VIT = {"depth": 1, "embed_dim": 48, "num_heads": 2}

@@ -3,15 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
+from sae1n.datasets.splits import read_split
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import write_bag
-from sae1n.mil.data import (
-    BagSource,
-    read_slide_labels,
-    read_split,
-    resolve_feature_paths,
-    select_sae_units,
-)
+from sae1n.mil.data import BagSource, read_slide_labels, resolve_feature_paths, select_sae_units
 from tests.mil.conftest import write_splits
 
 

@@ -7,7 +7,8 @@ import pytest
 from sae1n.cli import main
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io.provenance import read_provenance
-from sae1n.neurons.evaluate import best_f1_threshold, evaluate_patches, patch_metrics
+from sae1n.neurons.evaluate import evaluate_patches
+from sae1n.neurons.metrics import best_f1_threshold, patch_metrics
 from sae1n.neurons.ranking import analyze_sae
 from sae1n.viz.evaluation import plot_patch_evaluation
 from tests.neurons import synth

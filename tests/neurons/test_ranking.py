@@ -9,13 +9,9 @@ from sklearn.metrics import roc_auc_score
 
 from sae1n.cli import main
 from sae1n.errors import InputFileError, Sae1nError
-from sae1n.neurons.ranking import (
-    PAPER_COLUMNS,
-    analyze_sae,
-    rank_by_grade,
-    rank_neurons,
-    welch_t_test,
-)
+from sae1n.neurons.column_stats import welch_t_test
+from sae1n.neurons.ranking import analyze_sae, rank_by_grade, rank_neurons
+from sae1n.neurons.ranking_csv import PAPER_COLUMNS
 from tests.neurons import synth
 
 

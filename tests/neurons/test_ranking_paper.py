@@ -17,13 +17,9 @@ import pandas as pd
 import pytest
 
 from sae1n.io.provenance import StaleOutputError, read_provenance
-from sae1n.neurons.ranking import (
-    analyze_sae,
-    analyze_sae_paper,
-    rank_by_t_test,
-    read_paper_csv_floats,
-    select_units,
-)
+from sae1n.neurons.ranking import analyze_sae, rank_by_t_test
+from sae1n.neurons.ranking_csv import select_units
+from sae1n.neurons.ranking_paper import analyze_sae_paper, read_paper_csv_floats
 from tests.conftest import SHARED_DATA
 
 _ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "analyze_sae"
@@ -70,7 +66,7 @@ def test_paper_ranking_csv_is_byte_identical(ref, tmp_path):
 
 
 def test_pooled_stacks_match(ref):
-    from sae1n.neurons.ranking import paper_code_files, pool_paper
+    from sae1n.neurons.ranking_paper import paper_code_files, pool_paper
 
     order = _glob_order(ref)
     files = {f.stem: f for f in paper_code_files(ref / "inputs/pt_files")}

@@ -3,7 +3,8 @@
 
 import pytest
 
-from sae1n.datasets.bags import encode_tiles, list_tiles, load_patch_features, make_bags
+from sae1n.datasets.bags import make_bags
+from sae1n.datasets.patch_sources import encode_tiles, list_tiles, load_patch_features
 from sae1n.neurons.evaluate import evaluate_patches
 from sae1n.neurons.ranking import analyze_sae
 from sae1n.sae import load_sae_config, save_sae_features, train_sae

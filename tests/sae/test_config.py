@@ -7,7 +7,7 @@ import pytest
 from sae1n.configs import available_experiments, load_experiment
 from sae1n.errors import ConfigError
 from sae1n.sae.config import resume_fingerprint
-from sae1n.sae.models import SAEConfig
+from sae1n.sae.model_config import SAEConfig
 
 
 def test_paper_defaults_and_key_names():

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from sae1n.errors import ConfigError
 from sae1n.sae.checkpoints import load_sae
-from sae1n.sae.models import MatryoshkaBatchTopKSAE, SAEConfig, build_sae, default_group_sizes
+from sae1n.sae.model_config import SAEConfig, default_group_sizes
+from sae1n.sae.models import MatryoshkaBatchTopKSAE, build_sae
 from sae1n.sae.train import train_sae
 
 from .conftest import make_planted, small_config

@@ -10,7 +10,8 @@ import torch
 
 from sae1n.errors import ConfigError
 from sae1n.sae import kernels
-from sae1n.sae.models import MODEL_TYPES, SAEConfig, build_sae, canonical_model_type
+from sae1n.sae.model_config import MODEL_TYPES, SAEConfig, canonical_model_type
+from sae1n.sae.models import build_sae
 from sae1n.sae.train import make_optimizer, train_step
 
 D, F = 24, 96

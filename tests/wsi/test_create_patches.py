@@ -9,7 +9,8 @@ from PIL import Image
 
 from sae1n.cli import main
 from sae1n.wsi.patch_files import read_patch, read_patch_file
-from sae1n.wsi.patch_slides import PROCESS_LIST_NAME, create_patches
+from sae1n.wsi.patch_slides import create_patches
+from sae1n.wsi.process_list import PROCESS_LIST_NAME
 from sae1n.wsi.slide import open_slide
 
 from .conftest import HEIGHT, HOLE, WIDTH, tissue_truth

@@ -104,7 +104,7 @@ class Experiment:
         cache_bytes: float = 2e9,
     ):
         from sae1n.neurons.inputs import code_files
-        from sae1n.wsi.slide import SLIDE_EXTENSIONS
+        from sae1n.wsi.readers import SLIDE_EXTENSIONS
 
         self.exp_dir = Path(exp_dir).resolve()
         if not self.exp_dir.is_dir():

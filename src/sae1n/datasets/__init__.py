@@ -11,12 +11,12 @@ from sae1n.datasets.annotations import (
 )
 from sae1n.datasets.grouping import stratified_group_kfold
 from sae1n.datasets.metadata import create_metadata, load_metadata
+from sae1n.datasets.patch_coverage import tumor_fractions
 from sae1n.datasets.patch_labels import (
     create_patch_labels,
     patch_size_level0,
     read_coords,
     read_patch_labels,
-    tumor_fractions,
 )
 from sae1n.datasets.splits import create_splits, read_split
 

@@ -31,12 +31,12 @@ def configure_make_bags(p: argparse.ArgumentParser) -> None:
 
 
 def run_make_bags(args) -> int:
-    from sae1n.datasets.bags import (
+    from sae1n.datasets.bags import make_bags
+    from sae1n.datasets.patch_sources import (
         encode_tiles,
         list_tiles,
         load_clam_folder,
         load_patch_features,
-        make_bags,
     )
     from sae1n.errors import ConfigError
 

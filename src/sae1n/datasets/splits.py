@@ -213,7 +213,7 @@ def write_split(
 
 
 def _suffixes() -> tuple[str, ...]:
-    from sae1n.wsi.slide import SLIDE_EXTENSIONS
+    from sae1n.wsi.readers import SLIDE_EXTENSIONS
 
     # longest first, so ".tiff" wins over ".tif"
     return tuple(sorted({*SLIDE_EXTENSIONS, *FEATURE_SUFFIXES}, key=len, reverse=True))

@@ -10,13 +10,8 @@ Public API::
 """
 
 from sae1n._lazy import lazy_exports
-from sae1n.encoders.registry import (
-    EncoderSpec,
-    available_encoders,
-    encoder_spec,
-    get_encoder,
-    register_encoder,
-)
+from sae1n.encoders.registry import available_encoders, encoder_spec, get_encoder, register_encoder
+from sae1n.encoders.spec import EncoderSpec
 
 _LAZY = {
     "Encoder": "sae1n.encoders.base",

@@ -119,7 +119,7 @@ def list_slides(
     stripped) or every patch file, sorted."""
     from sae1n.io import validate_slide_id
     from sae1n.io.tables import read_csv
-    from sae1n.wsi.slide import SLIDE_EXTENSIONS
+    from sae1n.wsi.readers import SLIDE_EXTENSIONS
 
     if csv_path is None:
         pdir = patch_dir(data_h5_dir)

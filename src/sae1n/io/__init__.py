@@ -8,10 +8,10 @@ from sae1n.io.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
+from sae1n.io.feature_folders import feature_paths
 from sae1n.io.features import (
     FeatureBag,
     check_same_dim,
-    feature_paths,
     read_bag,
     read_features,
     read_sparse_codes,

@@ -109,7 +109,7 @@ def select_sae_units(
     the one ranking reader (:func:`sae1n.neurons.ranking.select_units`): stable
     re-sort by ``metric`` by default, the paper's unstable one with
     ``compat="paper"``."""
-    from sae1n.neurons.ranking import select_units
+    from sae1n.neurons.ranking_csv import select_units
 
     return select_units(summary_csv, num_units, metric, compat=compat)
 

@@ -34,18 +34,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from sae1n.datasets.splits import read_split
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io import atomic_write_csv
 from sae1n.io.provenance import Provenance, StaleOutputError, input_identity, read_provenance
 from sae1n.mil import loops, outputs
 from sae1n.mil.config import MILRunConfig, as_mapping, check_mil_config, model_in_dim
-from sae1n.mil.data import (
-    BagSource,
-    read_slide_labels,
-    read_split,
-    resolve_feature_paths,
-    select_sae_units,
-)
+from sae1n.mil.data import BagSource, read_slide_labels, resolve_feature_paths, select_sae_units
 from sae1n.mil.folds import (
     check_training_set,
     fold_range,

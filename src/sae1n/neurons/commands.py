@@ -92,7 +92,8 @@ def configure_analyze_sae(p: argparse.ArgumentParser) -> None:
 
 
 def run_analyze_sae(args) -> int:
-    from sae1n.neurons.ranking import analyze_sae, ranking_csv_path
+    from sae1n.neurons.ranking import analyze_sae
+    from sae1n.neurons.ranking_csv import ranking_csv_path
 
     df = analyze_sae(
         args.exp_id,

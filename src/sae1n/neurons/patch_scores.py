@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sae1n.datasets.patch_labels import read_patch_label_file
 from sae1n.errors import InputFileError
 from sae1n.io import read_bag
 from sae1n.neurons.inputs import (
@@ -20,7 +21,6 @@ from sae1n.neurons.inputs import (
     missing_list,
     neuron_columns,
     read_codes,
-    read_patch_label_file,
     read_patch_scores,
 )
 from sae1n.neurons.pooling import pool_activations

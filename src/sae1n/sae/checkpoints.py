@@ -15,7 +15,8 @@ import torch
 from sae1n.errors import InputFileError
 from sae1n.io import atomic_path, atomic_write_json
 from sae1n.io.provenance import Provenance, provenance_metadata
-from sae1n.sae.models import BaseSAE, SAEConfig, build_sae
+from sae1n.sae.model_config import SAEConfig
+from sae1n.sae.models import BaseSAE, build_sae
 
 log = logging.getLogger(__name__)
 

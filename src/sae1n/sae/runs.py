@@ -16,7 +16,8 @@ from sae1n.sae.checkpoints import save_sae, write_paper_pt
 from sae1n.sae.config import SAERunConfig, resume_settings
 from sae1n.sae.data import TrainingData
 from sae1n.sae.loggers import MetricsLog
-from sae1n.sae.models import BaseSAE, SAEConfig
+from sae1n.sae.model_config import SAEConfig
+from sae1n.sae.models import BaseSAE
 from sae1n.sae.step import TrainSums
 
 CHECKPOINT_KIND = "sae-checkpoint"

@@ -14,8 +14,8 @@ import torch
 
 from sae1n.sae.config import training_settings
 from sae1n.sae.distributed import StatsSync
-from sae1n.sae.kernels import few_threads
 from sae1n.sae.models import BaseSAE
+from sae1n.sae.threads import few_threads
 
 
 def train_step(

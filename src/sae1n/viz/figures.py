@@ -19,7 +19,7 @@ def find_slide_files(
     slide_dir: str | os.PathLike, slide_ids: Sequence[str], slide_ext: str | None = None
 ) -> dict[str, Path]:
     """slide id -> slide file in ``slide_dir`` (``<id><ext>``, or any known slide extension)."""
-    from sae1n.wsi.slide import SLIDE_EXTENSIONS
+    from sae1n.wsi.readers import SLIDE_EXTENSIONS
 
     root = Path(slide_dir)
     if not root.is_dir():
@@ -47,7 +47,7 @@ def choose_unit(
     unit: int | None, ranking_csv: str | os.PathLike | None, rank: int = 1
 ) -> tuple[int, bool]:
     """(neuron id, fires-on-normal) from ``unit`` or the ``rank``-th row of a ranking CSV."""
-    from sae1n.neurons.ranking import read_ranking
+    from sae1n.neurons.ranking_csv import read_ranking
 
     if unit is not None and ranking_csv is None:
         return int(unit), False

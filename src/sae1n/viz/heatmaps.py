@@ -275,12 +275,8 @@ def neuron_heatmap(
     """Heatmap of one SAE neuron on one slide from its code file; with
     ``attention_file`` (MIL ``patch_scores/<slide>.h5``) the attention is drawn
     beside it; ``patch_label_file`` outlines the tumour patches."""
-    from sae1n.neurons.inputs import (
-        neuron_columns,
-        read_codes,
-        read_patch_label_file,
-        read_patch_scores,
-    )
+    from sae1n.datasets.patch_labels import read_patch_label_file
+    from sae1n.neurons.inputs import neuron_columns, read_codes, read_patch_scores
 
     codes, coords, attrs = read_codes(code_file)
     if coords is None:

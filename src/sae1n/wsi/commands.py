@@ -90,7 +90,8 @@ def configure_create_patches(p: argparse.ArgumentParser) -> None:
 
 
 def run_create_patches(args) -> int:
-    from sae1n.wsi.patch_slides import create_patches, summarize
+    from sae1n.wsi.patch_slides import create_patches
+    from sae1n.wsi.process_list import summarize
 
     if not (args.seg or args.patch or args.stitch):
         print(

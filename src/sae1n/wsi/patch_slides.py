@@ -399,7 +399,7 @@ def _set_existing(df, idx, h5: Path, patch: bool) -> None:
 
 
 def _check_options(patch_size, step_size, patch_level, target_mpp, magnification, backend) -> None:
-    from sae1n.wsi.slide import BACKENDS
+    from sae1n.wsi.readers import BACKENDS
 
     if int(patch_size) <= 0 or (step_size is not None and int(step_size) <= 0):
         raise ConfigError(

@@ -12,7 +12,7 @@ import pandas as pd
 
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.wsi.presets import SlideParams
-from sae1n.wsi.slide import SLIDE_EXTENSIONS
+from sae1n.wsi.readers import SLIDE_EXTENSIONS
 
 PROCESS_LIST_NAME = "process_list_autogen.csv"
 PROCESSED, ALREADY_EXIST, NO_TISSUE, FAILED_SEG, FAILED, TO_BE_PROCESSED = (
