@@ -72,6 +72,12 @@ def render() -> str:
         "`key=value` (the paper's Hydra spelling `exp.key=value` works too); print a",
         "resolved config with `sae1n config show exp=NAME`.",
         "",
+        "To add a key: declare it with `setting(default, help)` in the class named",
+        "under each heading (for `train-sae` / `train-mil` also in",
+        "`configs/<kind>/_base.yaml`, with the same default: a test compares them),",
+        "read it from the typed config, and rerun",
+        "`python -m sae1n.devtools.config_docs`.",
+        "",
     ]
     for kind, (command, where, has_exps) in KINDS.items():
         lines += [
