@@ -11,8 +11,6 @@ here); measured max differences: 1.3e-6 (MaxMIL), 2.1e-7 (ABMIL attention),
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +19,9 @@ import torch
 from sae1n.mil.models import ABMIL, TransMIL
 from sae1n.mil.paper_models import build_paper_model
 from sae1n.utils import seed_everything
-from tests.conftest import SHARED_DATA
+from tests.conftest import PAPER_REFERENCE, paper_reference_fixture
 
-_ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "mil_models"
+_ROOT = PAPER_REFERENCE / "mil_models"
 
 
 def _cases():
@@ -39,12 +37,7 @@ def _cases():
 CASES = _cases()
 
 
-@pytest.fixture(scope="module")
-def ref(shared_data):
-    root = _ROOT
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
+ref = paper_reference_fixture("mil_models")
 
 
 def _seed(ref) -> int:

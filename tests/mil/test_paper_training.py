@@ -11,9 +11,7 @@ measured max 3.6e-7)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,18 +22,13 @@ from sae1n.configs import load_experiment
 from sae1n.errors import ConfigError, InputFileError
 from sae1n.io.provenance import StaleOutputError, read_provenance
 from sae1n.mil import train as mil_train
-from tests.conftest import SHARED_DATA
+from tests.conftest import PAPER_REFERENCE, paper_reference_fixture
 
-_ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "mil_training"
+_ROOT = PAPER_REFERENCE / "mil_training"
 RUNS = sorted(p.name for p in (_ROOT / "runs").glob("*") if (p / "exp_config_used.json").is_file()) or ["maxmil"]
 
 
-@pytest.fixture(scope="module")
-def ref(shared_data):
-    root = _ROOT
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
+ref = paper_reference_fixture("mil_training")
 
 
 def _exp_cfg(ref, run_name="maxmil"):

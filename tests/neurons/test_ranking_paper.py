@@ -9,8 +9,6 @@ near 0, 1e-5 for p, 1e-6 for the means)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,17 +18,12 @@ from sae1n.io.provenance import StaleOutputError, read_provenance
 from sae1n.neurons.ranking import analyze_sae, rank_by_t_test
 from sae1n.neurons.ranking_csv import select_units
 from sae1n.neurons.ranking_paper import analyze_sae_paper, read_paper_csv_floats
-from tests.conftest import SHARED_DATA
+from tests.conftest import PAPER_REFERENCE, paper_reference_fixture
 
-_ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "analyze_sae"
+_ROOT = PAPER_REFERENCE / "analyze_sae"
 
 
-@pytest.fixture(scope="module")
-def ref(shared_data):
-    root = _ROOT
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
+ref = paper_reference_fixture("analyze_sae")
 
 
 def _args(ref):

@@ -163,3 +163,17 @@ def test_the_papers_saved_run_configs_pass_the_schema(shared_data):
     for path in saved:
         typed = check_sae_config(json.loads(path.read_text()), source=str(path))
         assert typed.exp_group_name == "sae" and typed.sae.dict_size == 256
+
+
+def test_the_model_class_defaults_agree_with_the_schema():
+    """SAEConfig (what a model is built from) and the sae.* schema share their
+    defaults, so a model built in code matches one built from a YAML."""
+    import dataclasses
+
+    from sae1n.sae.config import SAEModelSettings
+    from sae1n.sae.model_config import SAEConfig
+
+    schema = {f.name: f.default for f in dataclasses.fields(SAEModelSettings)}
+    shared = [f for f in dataclasses.fields(SAEConfig) if f.default is not dataclasses.MISSING]
+    assert len(shared) >= 12
+    assert {f.name: f.default for f in shared} == {f.name: schema[f.name] for f in shared}

@@ -8,9 +8,7 @@ CPU-dependent MKL kernel (same result here for every formulation tried)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,18 +17,13 @@ import torch
 
 from sae1n.io.provenance import StaleOutputError
 from sae1n.sae.encode import save_sae_features
-from tests.conftest import SHARED_DATA
+from tests.conftest import PAPER_REFERENCE, paper_reference_fixture
 
-_ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "save_sae_features"
+_ROOT = PAPER_REFERENCE / "save_sae_features"
 VARIANTS = sorted(p.name for p in (_ROOT / "checkpoints").glob("*") if p.is_dir()) or ["btk", "topk", "btk_l1un"]
 
 
-@pytest.fixture(scope="module")
-def ref(shared_data):
-    root = _ROOT
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
+ref = paper_reference_fixture("save_sae_features")
 
 
 def _feature_dir(ref):

@@ -15,8 +15,6 @@ below 5e-7 on every loss and 2.1e-7 on every weight.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,22 +23,16 @@ import torch
 from omegaconf import OmegaConf
 
 from sae1n.sae import paper_exact as pe
-from tests.conftest import SHARED_DATA
+from tests.conftest import PAPER_REFERENCE, paper_reference_fixture
 
 RTOL, ATOL, WATOL = 2e-6, 1e-6, 1e-6
-# SAE1N_PAPER_REFERENCE: another folder of the same layout (e.g. held-out runs)
-_ROOT = Path(os.environ.get("SAE1N_PAPER_REFERENCE", SHARED_DATA / "paper_reference")) / "sae_training"
+_ROOT = PAPER_REFERENCE / "sae_training"
 VARIANTS = sorted(p.name for p in (_ROOT / "runs").glob("*") if (p / "summary.json").is_file()) or [
     "btk", "btk_given", "topk", "topk_given", "btk_l1un"
 ]
 
 
-@pytest.fixture(scope="module")
-def ref(shared_data):
-    root = _ROOT
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
+ref = paper_reference_fixture("sae_training")
 
 
 def _btk_variant(ref):

@@ -42,10 +42,6 @@ def section(cls: type, help: str = ""):
     return dataclasses.field(default_factory=cls, metadata={"help": help, "section": True})
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _type_text(tp) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -123,8 +119,6 @@ def _coerce(tp, value, key: str, where: str):
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise _type_error(key, tp, value, where)
         return str(value)
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, where=where, prefix=f"{key}.")
     raise TypeError(f"config field {key}: unsupported type {tp!r}")  # a bug in a config class
 
 
@@ -158,10 +152,6 @@ def build(cls: type, mapping: Mapping | None, *, where: str = "", prefix: str = 
     messages, ``label`` names the kind of config in them (``"pipeline"``);
     ``prefix`` is the dotted path of this section."""
     mapping = _plain(mapping)
-    if mapping is None:
-        mapping = {}
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(f"{prefix[:-1] or 'the config'}{where} must be a mapping, got {mapping!r}")
     unknown = unknown_keys(cls, mapping, prefix)
     if unknown:
         raise ConfigError(
@@ -171,10 +161,12 @@ def build(cls: type, mapping: Mapping | None, *, where: str = "", prefix: str = 
     return _build(cls, mapping, where, prefix, label)
 
 
-def _build(cls: type, mapping: Mapping, where: str, prefix: str, label: str):
+def _build(cls: type, mapping: Mapping | None, where: str, prefix: str, label: str):
+    if mapping is None:  # an empty YAML section
+        mapping = {}
     if not isinstance(mapping, Mapping):
-        raise ConfigError(f"{prefix[:-1]}{where} must be a mapping, got {mapping!r}")
-    hints = _hints(cls)
+        raise ConfigError(f"{prefix[:-1] or 'the config'}{where} must be a mapping, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
@@ -227,7 +219,7 @@ def defaults(cls: type) -> dict:
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(dotted key, default, type, meaning) for every value of ``cls``, sections expanded."""
     rows = []
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         if f.metadata.get("section"):
